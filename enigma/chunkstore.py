@@ -1,0 +1,153 @@
+"""Chunks in and out of storage: id, dedup, compress, seal, place; fetch, open, check.
+
+The one place that turns plaintext into stored objects and back, shared by backup,
+restore, verify and (later) the S3 gateway.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass
+
+from enigma import crypto
+from enigma.errors import IntegrityError, ObjectNotFound, StorageError, TransientStorageError
+from enigma.manifest import ChunkRecord
+from enigma.repository import Repository
+
+#: Retries of a transient storage failure before giving up (issue 4 makes this tunable).
+RETRIES = 4
+#: Keep compression only if it saves at least this fraction (else store raw, read faster).
+MIN_SAVING = 0.02
+
+
+def chunk_key(chunk_id: bytes) -> str:
+    """Object name of a chunk: ``chunks/<2 hex>/<64 hex>`` (DESIGN.md section 4)."""
+    hexid = chunk_id.hex()
+    return f"chunks/{hexid[:2]}/{hexid}"
+
+
+def chunk_id_from_key(key: str) -> bytes | None:
+    """Inverse of ``chunk_key``; None for anything that is not a chunk object."""
+    parts = key.split("/")
+    if len(parts) != 3 or parts[0] != "chunks" or len(parts[2]) != 64:
+        return None
+    try:
+        return bytes.fromhex(parts[2])
+    except ValueError:
+        return None
+
+
+def with_retries(what: str, action, *args):
+    """Run a storage call, retrying transient failures with exponential backoff and jitter."""
+    for attempt in range(RETRIES + 1):
+        try:
+            return action(*args)
+        except ObjectNotFound:
+            raise
+        except TransientStorageError as exc:
+            if attempt == RETRIES:
+                raise StorageError(f"{what}: {exc} (gave up after {RETRIES + 1} tries)") from exc
+            time.sleep(min(2.0, 0.05 * 2 ** attempt) * (0.5 + random.random()))
+        except StorageError as exc:
+            raise StorageError(f"{what}: {exc}") from exc
+    raise AssertionError("unreachable")
+
+
+@dataclass
+class StoredChunk:
+    """The outcome of storing one chunk: its id, and a new record unless it was a duplicate."""
+
+    chunk_id: bytes
+    size: int
+    record: ChunkRecord | None
+
+
+class ChunkStore:
+    """Stores and loads chunks for one repository; safe to share between threads."""
+
+    def __init__(self, repo: Repository) -> None:
+        self.repo = repo
+        self.keys = repo.keys
+        self.manifest = repo.manifest
+        self.providers = repo.providers
+        self.compressor = repo.compressor
+        self.distribution = repo.distribution
+        self._pending: set[bytes] = set()
+        self._lock = threading.Lock()
+
+    def identify(self, data: bytes | memoryview) -> bytes:
+        return crypto.chunk_id(self.keys.id_key, data)
+
+    def is_known(self, chunk_id: bytes) -> bool:
+        """Stored already: in the manifest, or written earlier in this run and not yet recorded."""
+        with self._lock:
+            if chunk_id in self._pending:
+                return True
+        return self.manifest.has_chunk(chunk_id)
+
+    def forget_pending(self, ids: list[bytes]) -> None:
+        """Called once the manifest has recorded these chunks."""
+        with self._lock:
+            self._pending.difference_update(ids)
+
+    def put(self, data: bytes | memoryview) -> StoredChunk:
+        """Store ``data`` unless an identical chunk exists; return a record for new chunks."""
+        chunk_id = self.identify(data)
+        if self.is_known(chunk_id):
+            return StoredChunk(chunk_id, len(data), None)
+        payload, compression = data, ""
+        if self.compressor is not None:
+            packed = self.compressor.compress(data)
+            if len(packed) <= len(data) * (1 - MIN_SAVING):
+                payload, compression = packed, self.compressor.name
+        key_id = self.keys.current_key_id
+        sealed = crypto.seal_chunk(chunk_id, payload, key=self.keys.data_keys[key_id],
+                                   key_id=key_id, compression=compression)
+        targets = self.distribution.choose(chunk_id, len(sealed))
+        key = chunk_key(chunk_id)
+        for label in targets:
+            provider = self.providers[label]
+            with_retries(f"storing on provider '{label}'", provider.put, key, sealed)
+        with self._lock:
+            self._pending.add(chunk_id)
+        record = ChunkRecord(id=chunk_id, size=len(data), stored_size=len(sealed),
+                             compression=compression, key_id=key_id,
+                             providers=tuple(targets), created_at=time.time())
+        return StoredChunk(chunk_id, len(data), record)
+
+    def fetch_sealed(self, record: ChunkRecord) -> bytes:
+        """The sealed object from the first provider that has it."""
+        errors: list[str] = []
+        for label in record.providers:
+            provider = self.providers.get(label)
+            if provider is None:
+                errors.append(f"provider '{label}' is not configured")
+                continue
+            try:
+                return with_retries(f"reading from provider '{label}'", provider.get,
+                                    chunk_key(record.id))
+            except ObjectNotFound:
+                errors.append(f"missing on provider '{label}'")
+            except StorageError as exc:
+                errors.append(str(exc))
+        raise IntegrityError(f"chunk {record.id.hex()[:12]}: " + "; ".join(errors or ["no copy"]))
+
+    def open(self, chunk_id: bytes, sealed: bytes) -> bytes:
+        """Authenticate, decrypt, decompress and re-check the keyed id of a sealed chunk."""
+        header, payload = crypto.open_chunk(chunk_id, sealed, self.keys.data_keys)
+        if header.compression:
+            compressor = self.repo.compressor_named(header.compression)
+            payload = compressor.decompress(payload, max_size=MAX_CHUNK_SIZE)
+        if crypto.chunk_id(self.keys.id_key, payload) != chunk_id:
+            raise IntegrityError(f"chunk {chunk_id.hex()[:12]}: content does not match its id")
+        return bytes(payload)
+
+    def get(self, record: ChunkRecord) -> bytes:
+        """The plaintext of a recorded chunk, authenticated."""
+        return self.open(record.id, self.fetch_sealed(record))
+
+
+#: No chunker may emit more than this; bounds decompression output (zip bombs).
+MAX_CHUNK_SIZE = 64 * 1024 * 1024

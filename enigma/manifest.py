@@ -1,0 +1,1046 @@
+"""The SQLite manifest: what was backed up, which chunks exist and where they live.
+
+Reads are plain methods. Every mutation is one of the named operations listed in
+``MUTATING_OPERATIONS``, takes plain data decided by the caller (ids, timestamps) and runs
+in one transaction, so the same call applied on another node (Raft) gives the same state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from enigma.errors import ConfigError, IntegrityError, NotFoundError
+
+_T = TypeVar("_T")
+
+
+@dataclass
+class ChunkRecord:
+    """A stored chunk: its keyed id, sizes, how it was sealed and where it lives."""
+
+    id: bytes
+    size: int
+    stored_size: int
+    compression: str
+    key_id: int
+    providers: tuple[str, ...]
+    refcount: int = 0
+    created_at: float = 0.0
+
+
+@dataclass
+class ChunkRef:
+    """One chunk of a file or object, at ``offset`` in the plaintext."""
+
+    chunk_id: bytes
+    offset: int
+    length: int
+
+
+@dataclass
+class FileEntry:
+    """A file, directory or symlink inside a backup; ``path`` is relative, '/'-separated."""
+
+    path: str
+    type: str  # "file" | "dir" | "symlink"
+    size: int = 0
+    mode: int = 0
+    mtime_ns: int = 0
+    target: str | None = None
+    uid: int = 0
+    gid: int = 0
+    inode: int = 0
+    ctime_ns: int = 0
+    chunks: list[ChunkRef] = field(default_factory=list)
+
+
+@dataclass
+class BackupRecord:
+    """One backup run and its outcome."""
+
+    id: str
+    created_at: float
+    sources: list[str]
+    hostname: str
+    status: str = "running"  # running | complete | partial | failed
+    finished_at: float | None = None
+    params: dict = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)
+
+
+@dataclass
+class LogEntry:
+    """One line of a backup's audit trail."""
+
+    at: float
+    level: str  # info | warning | error
+    event: str  # e.g. "skipped", "unreadable", "vanished", "finished"
+    path: str | None = None
+    message: str = ""
+
+
+@dataclass
+class BucketRecord:
+    """A gateway bucket."""
+
+    name: str
+    owner: str
+    created_at: float
+    region: str = ""
+
+
+@dataclass
+class ObjectRecord:
+    """A gateway object: its metadata and chunk list."""
+
+    bucket: str
+    key: str
+    size: int
+    etag: str
+    created_at: float
+    content_type: str = ""
+    metadata: dict = field(default_factory=dict)
+    chunks: list[ChunkRef] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------
+# Schema and migrations
+# --------------------------------------------------------------------------------------
+
+#: Written into the SQLite header so a random SQLite file is never mistaken for a manifest.
+APPLICATION_ID = 0x456E6967  # "Enig"
+
+_Migration = Callable[[sqlite3.Connection], None]
+
+
+def _sql(*statements: str) -> _Migration:
+    """A migration made of plain SQL statements, run one by one inside the caller's txn.
+
+    ``executescript`` is avoided on purpose: it may COMMIT on its own, which would break
+    the all-or-nothing upgrade.
+    """
+
+    def run(conn: sqlite3.Connection) -> None:
+        for statement in statements:
+            conn.execute(statement)
+
+    return run
+
+
+_MIGRATION_1 = _sql(
+    f"PRAGMA application_id = {APPLICATION_ID}",
+    """CREATE TABLE backups (
+        id          TEXT PRIMARY KEY,
+        created_at  REAL NOT NULL,
+        finished_at REAL,
+        status      TEXT NOT NULL,
+        sources     TEXT NOT NULL,   -- JSON list
+        hostname    TEXT NOT NULL,
+        params      TEXT NOT NULL,   -- JSON object
+        stats       TEXT NOT NULL    -- JSON object
+    )""",
+    "CREATE INDEX backups_created ON backups(created_at)",
+    """CREATE TABLE files (
+        id        INTEGER PRIMARY KEY,
+        backup_id TEXT NOT NULL REFERENCES backups(id) ON DELETE CASCADE,
+        path      TEXT NOT NULL,
+        type      TEXT NOT NULL,
+        size      INTEGER NOT NULL,
+        mode      INTEGER NOT NULL,
+        mtime_ns  INTEGER NOT NULL,
+        target    TEXT,
+        uid       INTEGER NOT NULL,
+        gid       INTEGER NOT NULL,
+        inode     INTEGER NOT NULL,
+        ctime_ns  INTEGER NOT NULL,
+        UNIQUE (backup_id, path)
+    )""",
+    """CREATE TABLE chunks (
+        id          BLOB PRIMARY KEY,
+        size        INTEGER NOT NULL,
+        stored_size INTEGER NOT NULL,
+        compression TEXT NOT NULL,
+        key_id      INTEGER NOT NULL,
+        refcount    INTEGER NOT NULL DEFAULT 0,
+        created_at  REAL NOT NULL
+    ) WITHOUT ROWID""",
+    # gc scans for refcount = 0; a partial index keeps that O(garbage), not O(repository).
+    "CREATE INDEX chunks_unreferenced ON chunks(id) WHERE refcount = 0",
+    """CREATE TABLE chunk_locations (
+        chunk_id BLOB NOT NULL REFERENCES chunks(id) ON DELETE CASCADE,
+        provider TEXT NOT NULL,
+        PRIMARY KEY (chunk_id, provider)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX chunk_locations_provider ON chunk_locations(provider)",
+    # chunk_id references chunks without a cascade: SQLite itself refuses to drop a chunk row
+    # that a file still points at, a second guard behind the refcount.
+    """CREATE TABLE file_chunks (
+        file_id  INTEGER NOT NULL REFERENCES files(id) ON DELETE CASCADE,
+        seq      INTEGER NOT NULL,
+        chunk_id BLOB NOT NULL REFERENCES chunks(id),
+        "offset" INTEGER NOT NULL,
+        length   INTEGER NOT NULL,
+        PRIMARY KEY (file_id, seq)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX file_chunks_chunk ON file_chunks(chunk_id)",
+    # No foreign key on backup_id: the audit trail outlives the backup it describes.
+    """CREATE TABLE backup_log (
+        id        INTEGER PRIMARY KEY,
+        backup_id TEXT NOT NULL,
+        at        REAL NOT NULL,
+        level     TEXT NOT NULL,
+        event     TEXT NOT NULL,
+        path      TEXT,
+        message   TEXT NOT NULL
+    )""",
+    "CREATE INDEX backup_log_backup ON backup_log(backup_id, id)",
+    """CREATE TABLE buckets (
+        name       TEXT PRIMARY KEY,
+        owner      TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        region     TEXT NOT NULL
+    )""",
+    # Keys use the default BINARY collation: memcmp on UTF-8, i.e. S3's listing order.
+    """CREATE TABLE objects (
+        bucket       TEXT NOT NULL REFERENCES buckets(name),
+        key          TEXT NOT NULL,
+        size         INTEGER NOT NULL,
+        etag         TEXT NOT NULL,
+        created_at   REAL NOT NULL,
+        content_type TEXT NOT NULL,
+        metadata     TEXT NOT NULL,  -- JSON object
+        PRIMARY KEY (bucket, key)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE object_chunks (
+        bucket   TEXT NOT NULL,
+        key      TEXT NOT NULL,
+        seq      INTEGER NOT NULL,
+        chunk_id BLOB NOT NULL REFERENCES chunks(id),
+        "offset" INTEGER NOT NULL,
+        length   INTEGER NOT NULL,
+        PRIMARY KEY (bucket, key, seq),
+        FOREIGN KEY (bucket, key) REFERENCES objects(bucket, key) ON DELETE CASCADE
+    ) WITHOUT ROWID""",
+    "CREATE INDEX object_chunks_chunk ON object_chunks(chunk_id)",
+)
+
+#: Applied in order; migration ``i`` (0-based) brings the schema to version ``i + 1``.
+#: Append only: never edit a migration that has shipped.
+MIGRATIONS: tuple[_Migration, ...] = (_MIGRATION_1,)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+#: Bound on ``?`` parameters per ``IN (...)`` list: far below SQLite's limit, and keeps
+#: statements small enough to be cheap to prepare.
+_BATCH = 500
+
+_CHUNK_COLUMNS = "c.id, c.size, c.stored_size, c.compression, c.key_id, c.refcount, c.created_at"
+_FILE_COLUMNS = (
+    "f.id, f.path, f.type, f.size, f.mode, f.mtime_ns, f.target, f.uid, f.gid, f.inode, f.ctime_ns"
+)
+_BACKUP_COLUMNS = "id, created_at, finished_at, status, sources, hostname, params, stats"
+_OBJECT_COLUMNS = "bucket, key, size, etag, created_at, content_type, metadata"
+
+
+def _dumps(value: object) -> str:
+    """Canonical JSON, so the same record gives the same bytes on every Raft node."""
+    return json.dumps(value, sort_keys=True)
+
+
+def _batches(items: Iterable[_T], size: int = _BATCH) -> Iterator[list[_T]]:
+    batch: list[_T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def _prefix_upper_bound(prefix: str) -> str | None:
+    """Smallest string greater than every string starting with ``prefix``.
+
+    UTF-8 byte order equals code point order, so bumping the last code point works; None
+    means "no upper bound" (prefix made only of U+10FFFF).
+    """
+    chars = list(prefix)
+    while chars:
+        last = ord(chars.pop()) + 1
+        if last == 0xD800:  # surrogates cannot be encoded in UTF-8: skip over them
+            last = 0xE000
+        if last <= 0x10FFFF:
+            return "".join(chars) + chr(last)
+    return None
+
+
+def _chunk_from_rows(rows: list[sqlite3.Row | tuple]) -> ChunkRecord:
+    first = rows[0]
+    providers = tuple(sorted(r[7] for r in rows if r[7] is not None))
+    return ChunkRecord(
+        id=bytes(first[0]),
+        size=first[1],
+        stored_size=first[2],
+        compression=first[3],
+        key_id=first[4],
+        providers=providers,
+        refcount=first[5],
+        created_at=first[6],
+    )
+
+
+def _group_chunks(rows: Iterable[tuple]) -> Iterator[ChunkRecord]:
+    """Fold consecutive (chunk columns..., provider) rows of one chunk into a record."""
+    current: list[tuple] = []
+    for row in rows:
+        if current and current[0][0] != row[0]:
+            yield _chunk_from_rows(current)
+            current = []
+        current.append(row)
+    if current:
+        yield _chunk_from_rows(current)
+
+
+def _backup_from_row(row: tuple) -> BackupRecord:
+    return BackupRecord(
+        id=row[0],
+        created_at=row[1],
+        finished_at=row[2],
+        status=row[3],
+        sources=json.loads(row[4]),
+        hostname=row[5],
+        params=json.loads(row[6]),
+        stats=json.loads(row[7]),
+    )
+
+
+def _file_from_row(row: tuple) -> FileEntry:
+    return FileEntry(
+        path=row[1],
+        type=row[2],
+        size=row[3],
+        mode=row[4],
+        mtime_ns=row[5],
+        target=row[6],
+        uid=row[7],
+        gid=row[8],
+        inode=row[9],
+        ctime_ns=row[10],
+    )
+
+
+def _object_from_row(row: tuple) -> ObjectRecord:
+    return ObjectRecord(
+        bucket=row[0],
+        key=row[1],
+        size=row[2],
+        etag=row[3],
+        created_at=row[4],
+        content_type=row[5],
+        metadata=json.loads(row[6]),
+    )
+
+
+def _hex_list(ids: Iterable[bytes], limit: int = 3) -> str:
+    ids = sorted(ids)
+    shown = ", ".join(i.hex() for i in ids[:limit])
+    return shown + (f" (+{len(ids) - limit} more)" if len(ids) > limit else "")
+
+
+# --------------------------------------------------------------------------------------
+# The manifest
+# --------------------------------------------------------------------------------------
+
+
+class Manifest:
+    """The repository's SQLite manifest.
+
+    One instance may be shared by several threads: point reads and every mutation run on
+    one connection under an ``RLock`` (a mutation holds it for its whole transaction), while
+    the streaming iterators (``iter_files``, ``iter_chunks``, ``backup_chunk_ids``) each open
+    their own short-lived read connection. WAL gives those a consistent snapshot, they never
+    block writers, and they never hold the lock across a ``yield``.
+    """
+
+    #: The only methods that change state. Each takes plain data decided by the caller and
+    #: runs in one transaction, so replaying the same calls elsewhere (Raft) gives the same
+    #: database. ``apply`` dispatches to these names and nothing else.
+    MUTATING_OPERATIONS: tuple[str, ...] = (
+        "add_chunks",
+        "begin_backup",
+        "add_files",
+        "log",
+        "finish_backup",
+        "delete_backup",
+        "delete_chunks",
+        "create_bucket",
+        "delete_bucket",
+        "put_object",
+        "delete_object",
+    )
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self._lock = threading.RLock()
+        self._closed = False
+        if not os.path.exists(self.path):
+            # Create it ourselves so it is born 0600: it lists every file name that was
+            # backed up. SQLite gives the -wal and -shm files the same mode.
+            # FileExistsError: another process won the race and created it the same way.
+            with suppress(FileExistsError):
+                os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        try:
+            self._conn = self._connect()
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(
+                f"manifest {self.path} is not a SQLite database or cannot be opened: {exc}"
+            ) from exc
+        try:
+            self._migrate()
+        except BaseException:
+            self._conn.close()
+            self._closed = True
+            raise
+
+    # -- connection plumbing -----------------------------------------------------------
+
+    def _connect(self, *, readonly: bool = False) -> sqlite3.Connection:
+        # isolation_level=None: the module never opens transactions behind our back; each
+        # mutation says BEGIN IMMEDIATE / COMMIT itself.
+        conn = sqlite3.connect(
+            self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.execute("PRAGMA busy_timeout = 30000")
+            conn.execute("PRAGMA foreign_keys = ON")
+            if readonly:
+                conn.execute("PRAGMA query_only = ON")
+            else:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise sqlite3.DatabaseError(f"cannot switch to WAL mode (got {mode})")
+                # FULL rather than NORMAL: in WAL, NORMAL may lose the last commits on power
+                # loss. That is harmless for additions but not for gc, which deletes chunk
+                # rows and *then* deletes the objects; a rolled-back delete_chunks would
+                # leave the manifest pointing at chunks that no longer exist. Writes are
+                # batched, so the one extra fsync per transaction is cheap.
+                conn.execute("PRAGMA synchronous = FULL")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _migrate(self) -> None:
+        conn = self._conn
+        try:
+            version, app_id = self._header(conn)
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(f"manifest {self.path} is not a SQLite database: {exc}") from exc
+        self._check_version(version, app_id)
+        if version == SCHEMA_VERSION:
+            return
+        with self._lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                # Re-read under the write lock: another process may have migrated meanwhile.
+                version, app_id = self._header(conn)
+                self._check_version(version, app_id)
+                if version == 0:
+                    n_tables = conn.execute(
+                        "SELECT count(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
+                    ).fetchone()[0]
+                    if n_tables:
+                        raise ConfigError(
+                            f"manifest {self.path} is a SQLite database but not an enigma manifest"
+                        )
+                for target in range(version + 1, SCHEMA_VERSION + 1):
+                    MIGRATIONS[target - 1](conn)
+                    conn.execute(f"PRAGMA user_version = {target}")
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    @staticmethod
+    def _header(conn: sqlite3.Connection) -> tuple[int, int]:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        return version, app_id
+
+    def _check_version(self, version: int, app_id: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise ConfigError(
+                f"manifest {self.path} has schema version {version}, newer than this enigma "
+                f"supports ({SCHEMA_VERSION}); upgrade enigma"
+            )
+        if version > 0 and app_id != APPLICATION_ID:
+            raise ConfigError(f"{self.path} is a SQLite database but not an enigma manifest")
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError(f"manifest {self.path} is closed")
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One immediate transaction under the lock; any exception rolls it all back."""
+        with self._lock:
+            self._check_open()
+            conn = self._conn
+            if conn.in_transaction:
+                raise RuntimeError("manifest operations cannot be nested")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except sqlite3.IntegrityError as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise IntegrityError(f"manifest constraint failed: {exc}") from exc
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._check_open()
+            yield self._conn
+
+    @contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection]:
+        """A private read-only connection for a streaming query (see the class docstring)."""
+        self._check_open()
+        conn = self._connect(readonly=True)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        """Close the connection; further calls raise. Safe to call twice."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
+
+    def __enter__(self) -> Manifest:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Manifest({self.path!r})"
+
+    def schema_version(self) -> int:
+        """The ``PRAGMA user_version`` of the open database."""
+        with self._read() as conn:
+            return conn.execute("PRAGMA user_version").fetchone()[0]
+
+    # -- the replication seam ----------------------------------------------------------
+
+    def apply(self, op: str, *args: Any, **kwargs: Any) -> Any:
+        """Run the mutating operation named ``op``: how a replicated log replays entries.
+
+        Only names in ``MUTATING_OPERATIONS`` are accepted, so a log entry can never reach a
+        read, a private helper or ``close``.
+        """
+        if op not in self.MUTATING_OPERATIONS:
+            raise ValueError(f"unknown manifest operation {op!r}")
+        return getattr(self, op)(*args, **kwargs)
+
+    # -- helpers used inside transactions -----------------------------------------------
+
+    @staticmethod
+    def _missing_chunks(conn: sqlite3.Connection, ids: Iterable[bytes]) -> set[bytes]:
+        wanted = set(ids)
+        found: set[bytes] = set()
+        for batch in _batches(wanted):
+            rows = conn.execute(f"SELECT id FROM chunks WHERE id IN ({_marks(len(batch))})", batch)
+            found.update(bytes(r[0]) for r in rows)
+        return wanted - found
+
+    @staticmethod
+    def _require_backup(conn: sqlite3.Connection, backup_id: str) -> None:
+        if conn.execute("SELECT 1 FROM backups WHERE id = ?", (backup_id,)).fetchone() is None:
+            raise NotFoundError(f"no backup {backup_id!r} (see: enigma list)")
+
+    @staticmethod
+    def _add_refs(conn: sqlite3.Connection, counts: Counter[bytes], sign: int) -> None:
+        conn.executemany(
+            "UPDATE chunks SET refcount = refcount + ? WHERE id = ?",
+            ((sign * n, cid) for cid, n in counts.items()),
+        )
+
+    # -- mutations: chunks --------------------------------------------------------------
+
+    def add_chunks(self, records: list[ChunkRecord]) -> None:
+        """Record chunks that are fully stored; known ones only gain new locations.
+
+        ``refcount`` of the records is ignored: references are counted by ``add_files`` and
+        ``put_object`` so the count can never disagree with the rows that reference it.
+        """
+        with self._write() as conn:
+            conn.executemany(
+                "INSERT OR IGNORE INTO chunks"
+                " (id, size, stored_size, compression, key_id, refcount, created_at)"
+                " VALUES (?, ?, ?, ?, ?, 0, ?)",
+                (
+                    (bytes(r.id), r.size, r.stored_size, r.compression, r.key_id, r.created_at)
+                    for r in records
+                ),
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO chunk_locations (chunk_id, provider) VALUES (?, ?)",
+                ((bytes(r.id), p) for r in records for p in r.providers),
+            )
+
+    def delete_chunks(self, ids: list[bytes]) -> None:
+        """Drop chunk rows that nothing references; referenced ones are silently kept.
+
+        Checks the reference tables as well as ``refcount``: gc deletes the stored objects
+        after this commits, so a drifted count must not be able to lose data.
+        """
+        with self._write() as conn:
+            for batch in _batches(bytes(i) for i in ids):
+                conn.execute(
+                    f"DELETE FROM chunks WHERE id IN ({_marks(len(batch))}) AND refcount = 0"
+                    " AND NOT EXISTS (SELECT 1 FROM file_chunks fc WHERE fc.chunk_id = chunks.id)"
+                    " AND NOT EXISTS (SELECT 1 FROM object_chunks oc"
+                    " WHERE oc.chunk_id = chunks.id)",
+                    batch,
+                )
+
+    # -- mutations: backups -------------------------------------------------------------
+
+    def begin_backup(self, record: BackupRecord) -> None:
+        """Register a backup run before any of its files are added."""
+        with self._write() as conn:
+            conn.execute(
+                f"INSERT INTO backups ({_BACKUP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.id,
+                    record.created_at,
+                    record.finished_at,
+                    record.status,
+                    _dumps(list(record.sources)),
+                    record.hostname,
+                    _dumps(record.params),
+                    _dumps(record.stats),
+                ),
+            )
+
+    def add_files(self, backup_id: str, files: list[FileEntry]) -> None:
+        """Add a batch of files and count their chunk references, all or nothing.
+
+        Every referenced chunk must already be in ``chunks`` (the manifest only points at
+        stored data); otherwise IntegrityError and nothing of the batch is kept. File ids
+        are MAX(id)+1.. inside the transaction, deterministic on every replica, which lets
+        both inserts go through ``executemany``.
+        """
+        with self._write() as conn:
+            self._require_backup(conn, backup_id)
+            counts: Counter[bytes] = Counter(
+                bytes(ref.chunk_id) for entry in files for ref in entry.chunks
+            )
+            missing = self._missing_chunks(conn, counts)
+            if missing:
+                raise IntegrityError(
+                    f"backup {backup_id}: {len(missing)} referenced chunk(s) are not in the "
+                    f"manifest: {_hex_list(missing)}"
+                )
+            base = conn.execute("SELECT COALESCE(MAX(id), 0) FROM files").fetchone()[0]
+            conn.executemany(
+                "INSERT INTO files (id, backup_id, path, type, size, mode, mtime_ns, target,"
+                " uid, gid, inode, ctime_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    (
+                        base + i,
+                        backup_id,
+                        e.path,
+                        e.type,
+                        e.size,
+                        e.mode,
+                        e.mtime_ns,
+                        e.target,
+                        e.uid,
+                        e.gid,
+                        e.inode,
+                        e.ctime_ns,
+                    )
+                    for i, e in enumerate(files, start=1)
+                ),
+            )
+            conn.executemany(
+                'INSERT INTO file_chunks (file_id, seq, chunk_id, "offset", length)'
+                " VALUES (?, ?, ?, ?, ?)",
+                (
+                    (base + i, seq, bytes(ref.chunk_id), ref.offset, ref.length)
+                    for i, e in enumerate(files, start=1)
+                    for seq, ref in enumerate(e.chunks)
+                ),
+            )
+            self._add_refs(conn, counts, +1)
+
+    def log(self, backup_id: str, entries: list[LogEntry]) -> None:
+        """Append audit-trail lines; kept even after the backup is deleted."""
+        with self._write() as conn:
+            conn.executemany(
+                "INSERT INTO backup_log (backup_id, at, level, event, path, message)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                ((backup_id, e.at, e.level, e.event, e.path, e.message) for e in entries),
+            )
+
+    def finish_backup(self, backup_id: str, finished_at: float, status: str, stats: dict) -> None:
+        """Record how a run ended; a backup without this stays ``running`` (i.e. crashed)."""
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE backups SET finished_at = ?, status = ?, stats = ? WHERE id = ?",
+                (finished_at, status, _dumps(stats), backup_id),
+            )
+            if cur.rowcount == 0:
+                raise NotFoundError(f"no backup {backup_id!r} (see: enigma list)")
+
+    def delete_backup(self, backup_id: str) -> None:
+        """Forget a backup and release its chunk references; its log stays as audit trail."""
+        with self._write() as conn:
+            self._require_backup(conn, backup_id)
+            conn.execute(
+                "UPDATE chunks SET refcount = refcount - r.n"
+                " FROM (SELECT fc.chunk_id AS chunk_id, count(*) AS n"
+                "       FROM files f JOIN file_chunks fc ON fc.file_id = f.id"
+                "       WHERE f.backup_id = ? GROUP BY fc.chunk_id) AS r"
+                " WHERE chunks.id = r.chunk_id",
+                (backup_id,),
+            )
+            conn.execute("DELETE FROM backups WHERE id = ?", (backup_id,))
+
+    # -- mutations: gateway buckets and objects -----------------------------------------
+
+    def create_bucket(self, record: BucketRecord) -> None:
+        """Create a gateway bucket; an existing name raises IntegrityError."""
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM buckets WHERE name = ?", (record.name,)).fetchone():
+                raise IntegrityError(f"bucket {record.name!r} already exists")
+            conn.execute(
+                "INSERT INTO buckets (name, owner, created_at, region) VALUES (?, ?, ?, ?)",
+                (record.name, record.owner, record.created_at, record.region),
+            )
+
+    def delete_bucket(self, name: str) -> None:
+        """Delete an empty bucket (S3 refuses non-empty ones, and so do we)."""
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM buckets WHERE name = ?", (name,)).fetchone() is None:
+                raise NotFoundError(f"no bucket {name!r}")
+            if conn.execute("SELECT 1 FROM objects WHERE bucket = ? LIMIT 1", (name,)).fetchone():
+                raise IntegrityError(f"bucket {name!r} is not empty")
+            conn.execute("DELETE FROM buckets WHERE name = ?", (name,))
+
+    @staticmethod
+    def _drop_object(conn: sqlite3.Connection, bucket: str, key: str) -> None:
+        rows = conn.execute(
+            "SELECT chunk_id, count(*) FROM object_chunks WHERE bucket = ? AND key = ?"
+            " GROUP BY chunk_id",
+            (bucket, key),
+        )
+        Manifest._add_refs(conn, Counter({bytes(r[0]): r[1] for r in rows}), -1)
+        conn.execute("DELETE FROM objects WHERE bucket = ? AND key = ?", (bucket, key))
+
+    def put_object(self, record: ObjectRecord) -> None:
+        """Create or replace an object, moving chunk references from the old to the new."""
+        with self._write() as conn:
+            if (
+                conn.execute("SELECT 1 FROM buckets WHERE name = ?", (record.bucket,)).fetchone()
+                is None
+            ):
+                raise NotFoundError(f"no bucket {record.bucket!r}")
+            counts: Counter[bytes] = Counter(bytes(r.chunk_id) for r in record.chunks)
+            missing = self._missing_chunks(conn, counts)
+            if missing:
+                raise IntegrityError(
+                    f"object {record.bucket}/{record.key}: {len(missing)} referenced chunk(s) "
+                    f"are not in the manifest: {_hex_list(missing)}"
+                )
+            self._drop_object(conn, record.bucket, record.key)
+            conn.execute(
+                f"INSERT INTO objects ({_OBJECT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.bucket,
+                    record.key,
+                    record.size,
+                    record.etag,
+                    record.created_at,
+                    record.content_type,
+                    _dumps(record.metadata),
+                ),
+            )
+            conn.executemany(
+                'INSERT INTO object_chunks (bucket, key, seq, chunk_id, "offset", length)'
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    (record.bucket, record.key, seq, bytes(r.chunk_id), r.offset, r.length)
+                    for seq, r in enumerate(record.chunks)
+                ),
+            )
+            self._add_refs(conn, counts, +1)
+
+    def delete_object(self, bucket: str, key: str) -> None:
+        """Delete an object and release its chunk references; a missing one is a no-op."""
+        with self._write() as conn:
+            self._drop_object(conn, bucket, key)
+
+    # -- reads: chunks ------------------------------------------------------------------
+
+    def has_chunk(self, id: bytes) -> bool:
+        """Whether the chunk is recorded as stored (the dedup check)."""
+        with self._read() as conn:
+            return (
+                conn.execute("SELECT 1 FROM chunks WHERE id = ?", (bytes(id),)).fetchone()
+                is not None
+            )
+
+    def get_chunk(self, id: bytes) -> ChunkRecord | None:
+        """The chunk's record with its providers (sorted), or None."""
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT {_CHUNK_COLUMNS}, l.provider FROM chunks c"
+                " LEFT JOIN chunk_locations l ON l.chunk_id = c.id WHERE c.id = ?",
+                (bytes(id),),
+            ).fetchall()
+        return _chunk_from_rows(rows) if rows else None
+
+    def known_chunks(self, ids: Iterable[bytes]) -> set[bytes]:
+        """The subset of ``ids`` already stored: one query per 500 ids, not one per id."""
+        wanted = [bytes(i) for i in ids]
+        found: set[bytes] = set()
+        for batch in _batches(wanted):
+            with self._read() as conn:
+                rows = conn.execute(
+                    f"SELECT id FROM chunks WHERE id IN ({_marks(len(batch))})", batch
+                ).fetchall()
+            found.update(bytes(r[0]) for r in rows)
+        return found
+
+    def iter_chunks(self) -> Iterator[ChunkRecord]:
+        """Every chunk in id order, streamed (verify and gc walk the whole repository)."""
+        with self._reader() as conn:
+            rows = conn.execute(
+                f"SELECT {_CHUNK_COLUMNS}, l.provider FROM chunks c"
+                " LEFT JOIN chunk_locations l ON l.chunk_id = c.id ORDER BY c.id, l.provider"
+            )
+            yield from _group_chunks(rows)
+
+    def unreferenced_chunks(self) -> list[ChunkRecord]:
+        """Chunks nothing points at: gc's candidates."""
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT {_CHUNK_COLUMNS}, l.provider FROM chunks c INDEXED BY chunks_unreferenced"
+                " LEFT JOIN chunk_locations l ON l.chunk_id = c.id"
+                " WHERE c.refcount = 0 ORDER BY c.id, l.provider"
+            ).fetchall()
+        return list(_group_chunks(rows))
+
+    def chunk_stats(self) -> dict[str, tuple[int, int]]:
+        """provider -> (chunk count, stored bytes held there)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT l.provider, count(*), COALESCE(SUM(c.stored_size), 0)"
+                " FROM chunk_locations l JOIN chunks c ON c.id = l.chunk_id"
+                " GROUP BY l.provider ORDER BY l.provider"
+            ).fetchall()
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+    def chunk_totals(self) -> tuple[int, int, int]:
+        """(chunk count, plaintext bytes, stored bytes of one copy of each chunk)."""
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT count(*), COALESCE(SUM(size), 0), COALESCE(SUM(stored_size), 0) FROM chunks"
+            ).fetchone()
+        return row[0], row[1], row[2]
+
+    # -- reads: backups -----------------------------------------------------------------
+
+    def list_backups(self) -> list[BackupRecord]:
+        """All backups, oldest first."""
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT {_BACKUP_COLUMNS} FROM backups ORDER BY created_at, id"
+            ).fetchall()
+        return [_backup_from_row(r) for r in rows]
+
+    def get_backup(self, id_or_prefix: str) -> BackupRecord:
+        """A backup by exact id or by a unique prefix of at least 4 characters."""
+        with self._read() as conn:
+            row = conn.execute(
+                f"SELECT {_BACKUP_COLUMNS} FROM backups WHERE id = ?", (id_or_prefix,)
+            ).fetchone()
+            if row is not None:
+                return _backup_from_row(row)
+            rows: list[tuple] = []
+            if len(id_or_prefix) >= 4:
+                upper = _prefix_upper_bound(id_or_prefix)
+                sql = f"SELECT {_BACKUP_COLUMNS} FROM backups WHERE id >= ?"
+                params: list[str] = [id_or_prefix]
+                if upper is not None:
+                    sql += " AND id < ?"
+                    params.append(upper)
+                rows = conn.execute(sql + " ORDER BY id LIMIT 6", params).fetchall()
+        if len(rows) == 1:
+            return _backup_from_row(rows[0])
+        if len(rows) > 1:
+            shown = ", ".join(r[0] for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
+            raise NotFoundError(
+                f"backup prefix {id_or_prefix!r} is ambiguous: matches {shown}"
+                " (give more characters)"
+            )
+        raise NotFoundError(f"no backup {id_or_prefix!r} (see: enigma list)")
+
+    def iter_files(self, backup_id: str, prefix: str | None = None) -> Iterator[FileEntry]:
+        """A backup's entries in path order with their chunks, streamed.
+
+        ``prefix`` selects that path and everything below it: "a/b" matches "a/b" and
+        "a/b/c" but not "a/bc". One ordered join, read row by row on a private connection,
+        so a million-file backup is never held in memory.
+        """
+        sql = (
+            f'SELECT {_FILE_COLUMNS}, fc.chunk_id, fc."offset", fc.length'
+            " FROM files f LEFT JOIN file_chunks fc ON fc.file_id = f.id"
+            " WHERE f.backup_id = ?"
+        )
+        params: list[object] = [backup_id]
+        if prefix is not None:
+            prefix = prefix.rstrip("/")
+        if prefix:
+            # "/" is 0x2F and "0" is 0x30: [prefix + "/", prefix + "0") is exactly the
+            # subtree in binary collation, and uses the (backup_id, path) index.
+            sql += " AND (f.path = ? OR (f.path >= ? AND f.path < ?))"
+            params += [prefix, prefix + "/", prefix + "0"]
+        sql += " ORDER BY f.path, fc.seq"
+        with self._reader() as conn:
+            current: FileEntry | None = None
+            current_id = None
+            for row in conn.execute(sql, params):
+                if row[0] != current_id:
+                    if current is not None:
+                        yield current
+                    current, current_id = _file_from_row(row), row[0]
+                if row[11] is not None:
+                    current.chunks.append(ChunkRef(bytes(row[11]), row[12], row[13]))
+            if current is not None:
+                yield current
+
+    def file_count(self, backup_id: str) -> int:
+        """Number of entries (files, dirs, symlinks) in a backup."""
+        with self._read() as conn:
+            return conn.execute(
+                "SELECT count(*) FROM files WHERE backup_id = ?", (backup_id,)
+            ).fetchone()[0]
+
+    def backup_chunk_ids(self, backup_id: str) -> Iterator[bytes]:
+        """Each distinct chunk id a backup uses, once, streamed (for verify)."""
+        with self._reader() as conn:
+            rows = conn.execute(
+                "SELECT DISTINCT fc.chunk_id FROM files f"
+                " JOIN file_chunks fc ON fc.file_id = f.id WHERE f.backup_id = ?",
+                (backup_id,),
+            )
+            for row in rows:
+                yield bytes(row[0])
+
+    def files_using_chunks(
+        self, backup_id: str, chunk_ids: Iterable[bytes]
+    ) -> dict[bytes, list[str]]:
+        """chunk id -> sorted paths in the backup that use it, to report what damage hits.
+
+        Chunks the backup does not use are absent from the result.
+        """
+        result: dict[bytes, set[str]] = {}
+        for batch in _batches({bytes(c) for c in chunk_ids}):
+            with self._read() as conn:
+                rows = conn.execute(
+                    "SELECT fc.chunk_id, f.path FROM file_chunks fc"
+                    " JOIN files f ON f.id = fc.file_id"
+                    f" WHERE fc.chunk_id IN ({_marks(len(batch))}) AND f.backup_id = ?",
+                    [*batch, backup_id],
+                ).fetchall()
+            for chunk_id, path in rows:
+                result.setdefault(bytes(chunk_id), set()).add(path)
+        return {cid: sorted(paths) for cid, paths in result.items()}
+
+    def backup_log(self, backup_id: str) -> list[LogEntry]:
+        """A backup's audit trail in the order it was written (works after deletion too)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT at, level, event, path, message FROM backup_log"
+                " WHERE backup_id = ? ORDER BY id",
+                (backup_id,),
+            ).fetchall()
+        return [LogEntry(at=r[0], level=r[1], event=r[2], path=r[3], message=r[4]) for r in rows]
+
+    # -- reads: gateway -----------------------------------------------------------------
+
+    def get_bucket(self, name: str) -> BucketRecord | None:
+        """The bucket, or None."""
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT name, owner, created_at, region FROM buckets WHERE name = ?", (name,)
+            ).fetchone()
+        return BucketRecord(*row) if row else None
+
+    def list_buckets(self) -> list[BucketRecord]:
+        """All buckets by name."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT name, owner, created_at, region FROM buckets ORDER BY name"
+            ).fetchall()
+        return [BucketRecord(*r) for r in rows]
+
+    def get_object(self, bucket: str, key: str) -> ObjectRecord | None:
+        """The object with its chunk list in order, or None."""
+        with self._read() as conn:
+            row = conn.execute(
+                f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE bucket = ? AND key = ?",
+                (bucket, key),
+            ).fetchone()
+            if row is None:
+                return None
+            refs = conn.execute(
+                'SELECT chunk_id, "offset", length FROM object_chunks'
+                " WHERE bucket = ? AND key = ? ORDER BY seq",
+                (bucket, key),
+            ).fetchall()
+        record = _object_from_row(row)
+        record.chunks = [ChunkRef(bytes(r[0]), r[1], r[2]) for r in refs]
+        return record
+
+    def list_objects(
+        self, bucket: str, prefix: str = "", start_after: str = "", limit: int = 1000
+    ) -> list[ObjectRecord]:
+        """One page of a bucket in UTF-8 byte order (S3's order), without chunk lists."""
+        sql = f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE bucket = ? AND key > ?"
+        params: list[object] = [bucket, start_after]
+        if prefix:
+            sql += " AND key >= ?"
+            params.append(prefix)
+            upper = _prefix_upper_bound(prefix)
+            if upper is not None:
+                sql += " AND key < ?"
+                params.append(upper)
+        sql += " ORDER BY key LIMIT ?"
+        params.append(limit)
+        with self._read() as conn:
+            rows = conn.execute(sql, params).fetchall()
+        return [_object_from_row(r) for r in rows]

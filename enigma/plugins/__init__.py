@@ -1,0 +1,1 @@
+"""Built-in plugins; registered through the `enigma` entry point like any third-party plugin."""

@@ -1,0 +1,133 @@
+"""Content-defined chunking with FastCDC 2020 (pyfastcdc, Cython, releases the GIL).
+
+Cut points depend on content, not offsets, so an insert early in a file changes only the
+chunks around it and dedup survives. The cut points are a stable format: the same
+parameters must give the same chunks forever (checked against the reference vectors in
+``tests/test_cdc_vectors.py``), so ``params`` is recorded with each backup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+from enigma.errors import ConfigError
+from enigma.interfaces import Chunker
+
+__all__ = ["CHUNKERS", "CdcChunker"]
+
+KiB = 1024
+MiB = 1024 * KiB
+
+# pyfastcdc's bounds (its masks table covers these sizes only).
+AVG_RANGE = (256, 4 * MiB)
+MIN_RANGE = (64, 1 * MiB)
+MAX_RANGE = (1 * KiB, 16 * MiB)
+#: pyfastcdc converts the seed (and seed << 1) to uint64.
+SEED_LIMIT = 1 << 63
+
+
+def _int_option(name: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"chunker option '{name}' must be an integer, got {value!r}")
+    return value
+
+
+def _check_range(name: str, value: int, bounds: tuple[int, int]) -> None:
+    low, high = bounds
+    if not low <= value <= high:
+        raise ConfigError(f"chunker option '{name}' = {value} is out of range [{low}, {high}]")
+
+
+class CdcChunker(Chunker):
+    """FastCDC 2020 over a stream; memory stays at about 2 x ``max_size`` per call."""
+
+    name = "cdc"
+    aliases = ("fastcdc",)
+    description = "FastCDC 2020 content-defined chunking"
+
+    def __init__(
+        self,
+        *,
+        avg_size: int = 4 * MiB,
+        min_size: int | None = None,
+        max_size: int | None = None,
+        target_size: int | None = None,
+        normalized_chunking: int = 1,
+        seed: int = 0,
+    ) -> None:
+        avg_size = _int_option("avg_size", avg_size)
+        if target_size is not None:  # the seed config's name for the average
+            target_size = _int_option("target_size", target_size)
+            if avg_size not in (4 * MiB, target_size):
+                raise ConfigError(
+                    "chunker options 'avg_size' and 'target_size' are the same setting; give one"
+                )
+            avg_size = target_size
+        _check_range("avg_size", avg_size, AVG_RANGE)
+        # pyfastcdc's defaults, which for the 4 MiB average give the design's 1 / 16 MiB.
+        min_size = avg_size // 4 if min_size is None else _int_option("min_size", min_size)
+        max_size = avg_size * 4 if max_size is None else _int_option("max_size", max_size)
+        _check_range("min_size", min_size, MIN_RANGE)
+        _check_range("max_size", max_size, MAX_RANGE)
+        if min_size > avg_size:
+            raise ConfigError(
+                f"chunker option 'min_size' = {min_size} must not exceed avg_size {avg_size}"
+            )
+        if max_size < avg_size:
+            raise ConfigError(
+                f"chunker option 'max_size' = {max_size} must not be below avg_size {avg_size}"
+            )
+        normalized_chunking = _int_option("normalized_chunking", normalized_chunking)
+        _check_range("normalized_chunking", normalized_chunking, (0, 3))
+        seed = _int_option("seed", seed)
+        _check_range("seed", seed, (0, SEED_LIMIT - 1))
+
+        self.avg_size = avg_size
+        self.min_size = min_size
+        self.max_size = max_size
+        self.normalized_chunking = normalized_chunking
+        self.seed = seed
+        self._fastcdc()  # fail now, at config time, not at the first backup
+
+    def _fastcdc(self) -> Any:
+        """A FastCDC instance; one per ``chunks`` call, since pyfastcdc's aren't shared-safe."""
+        from pyfastcdc import FastCDC  # lazy: keeps `enigma --help` fast
+
+        try:
+            return FastCDC(
+                self.avg_size,
+                min_size=self.min_size,
+                max_size=self.max_size,
+                normalized_chunking=self.normalized_chunking,  # type: ignore[arg-type]
+                seed=self.seed,
+            )
+        except (ValueError, OverflowError) as exc:  # our checks should have caught it
+            raise ConfigError(f"invalid chunker options: {exc}") from exc
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Everything that decides cut points; ``CdcChunker(**params)`` rebuilds the chunker."""
+        return {
+            "avg_size": self.avg_size,
+            "min_size": self.min_size,
+            "max_size": self.max_size,
+            "normalized_chunking": self.normalized_chunking,
+            "seed": self.seed,
+        }
+
+    def chunks(self, stream: BinaryIO) -> Iterator[memoryview]:
+        """Yield the chunks of ``stream`` in order; empty input yields nothing.
+
+        Each memoryview points into a reused buffer and is valid only until the next
+        chunk is requested: callers that keep a chunk copy it (``bytes(chunk)``).
+        """
+        for chunk in self._fastcdc().cut_stream(stream):
+            yield chunk.data
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in self.params.items())
+        return f"CdcChunker({args})"
+
+
+CHUNKERS = [CdcChunker]
