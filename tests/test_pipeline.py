@@ -1,0 +1,122 @@
+"""The backup pipeline in-process: compression choice, vanishing files, crash ordering."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from helpers import PASSPHRASE
+
+from enigma import crypto, hookimpl
+from enigma.backup import run_backup
+from enigma.chunkstore import ChunkStore, chunk_key
+from enigma.config import parse_config
+from enigma.errors import StorageError
+from enigma.plugin_manager import PluginManager
+from enigma.plugins.cdc import CdcChunker
+from enigma.plugins.local_storage import LocalStorage
+from enigma.repository import Repository
+
+SMALL_CDC = "[enigma.chunk_strategy.Cdc]\nmin_size = 4096\navg_size = 16384\nmax_size = 65536\n"
+
+
+def make_repo(tmp_path: Path, extra: str = "", plugins: PluginManager | None = None,
+              providers: str = "", chunking: str = SMALL_CDC) -> Repository:
+    config_dir = tmp_path / "config"
+    config_dir.mkdir(exist_ok=True)
+    text = f"[enigma]\n{extra}\n{chunking}{providers}"
+    config = parse_config(text, config_dir, config_dir / "enigma.toml")
+    repo = Repository(config, plugins or PluginManager(), lambda confirm: PASSPHRASE)
+    if not repo.key_provider.exists():
+        repo.create_keys()
+    for provider in repo.providers.values():
+        provider.create_bucket()
+    return repo
+
+
+def test_incompressible_chunks_are_stored_raw(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, "compression = true")
+    store = ChunkStore(repo)
+    words, random_data = b"the same words again and again " * 1000, os.urandom(30_000)
+    text, noise = store.put(words), store.put(random_data)
+    assert text.record.compression == "zstd" and text.record.stored_size < 10_000
+    assert noise.record.compression == ""
+    storage = repo.providers["local"]
+    for stored, original in ((text, words), (noise, random_data)):
+        header, _ = crypto.parse_header(storage.get(chunk_key(stored.chunk_id)))
+        assert header.compression == stored.record.compression
+        assert store.get(stored.record) == original
+    assert store.put(words).record is None  # dedup
+
+
+def test_file_vanishing_mid_backup_is_logged_and_partial(tmp_path: Path) -> None:
+    """A chunker that deletes the next file while the first is read: a real race, staged."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a.txt").write_text("first")
+    (source / "b.txt").write_text("second, about to vanish")
+    (source / "c.txt").write_text("third")
+
+    class DeletingChunker(CdcChunker):
+        name = "deleting"
+
+        def chunks(self, stream):
+            if stream.name.endswith("a.txt"):
+                os.unlink(source / "b.txt")
+            yield from super().chunks(stream)
+
+    plugins = PluginManager()
+    plugins.register(SimpleNamespace(register_chunkers=hookimpl(lambda: [DeletingChunker])),
+                     "test-deleting")
+    repo = make_repo(tmp_path, plugins=plugins,
+                     chunking="[enigma.chunk_strategy.Deleting]\navg_size = 16384\n")
+    result = run_backup(repo, [source])
+    assert result.status == "partial"
+    assert any("b.txt" in p and "vanished" in p for p in result.problems)
+    paths = [f.path.rsplit("/", 1)[-1] for f in repo.manifest.iter_files(result.backup_id)]
+    assert paths == ["src", "a.txt", "c.txt"]
+    events = [(e.event, e.path) for e in repo.manifest.backup_log(result.backup_id)]
+    assert ("vanished", f"{source}/b.txt".lstrip("/")) in events
+
+
+def test_storage_failure_leaves_only_stored_chunks_in_the_manifest(tmp_path: Path) -> None:
+    """Fail the Nth put: the backup is 'failed', and every recorded chunk exists in storage."""
+
+    class FlakyStorage(LocalStorage):
+        name = "flaky"
+        puts = 0
+
+        def put(self, key, data):
+            FlakyStorage.puts += 1
+            if FlakyStorage.puts == 7:
+                raise StorageError("simulated permanent failure")
+            super().put(key, data)
+
+    plugins = PluginManager()
+    plugins.register(SimpleNamespace(register_storage_providers=hookimpl(lambda: [FlakyStorage])),
+                     "test-flaky")
+    repo = make_repo(tmp_path, plugins=plugins, providers=(
+        f'[[providers]]\nname = "f"\ntype = "flaky"\npath = "{tmp_path}/store"\n'))
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in range(5):
+        (source / f"{i}.bin").write_bytes(os.urandom(40_000))
+    with pytest.raises(StorageError, match="provider 'f': simulated permanent failure"):
+        run_backup(repo, [source])
+    (backup,) = repo.manifest.list_backups()
+    assert backup.status == "failed"
+    storage = repo.providers["f"]
+    recorded = list(repo.manifest.iter_chunks())
+    assert recorded, "chunks stored before the failure are recorded"
+    for record in recorded:
+        assert storage.exists(chunk_key(record.id))
+    for entry in repo.manifest.iter_files(backup.id):
+        for ref in entry.chunks:
+            assert repo.manifest.has_chunk(ref.chunk_id)
+    # Re-running completes and re-uses what was stored.
+    FlakyStorage.puts = -1000
+    result = run_backup(repo, [source])
+    assert result.status == "complete"
+    assert result.stats.chunks_new == result.stats.chunks - len(recorded)
