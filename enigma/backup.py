@@ -1,29 +1,41 @@
-"""``enigma backup``: walk the sources, store new chunks, record files in the manifest.
+"""``enigma backup``: walk the sources, store new chunks in parallel, record files.
 
-Order of writes is the crash-safety argument: a chunk object is stored (atomically) before
-its manifest row exists, and a file row is written only after every chunk it references
-has a row. A crash at any moment leaves, at worst, stored chunks the manifest does not
-know yet; ``gc`` removes those.
+Order of writes is the crash-safety argument: a chunk object is stored (and, for providers
+that defer it, made durable by ``sync``) before its manifest row exists, and a file row is
+written only after every chunk it references has a row. A crash at any moment leaves, at
+worst, stored chunks the manifest does not know yet; ``gc`` removes those.
+
+Unchanged files (same size, mtime, ctime and inode as in the previous backup of the same
+source) reuse their chunk lists without being read, like restic's and borg's file cache.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import stat
 import time
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
-from enigma.chunkstore import ChunkStore
+from enigma.chunkstore import ChunkStore, StoredChunk
 from enigma.errors import NotFoundError
-from enigma.manifest import BackupRecord, ChunkRecord, ChunkRef, FileEntry, LogEntry
+from enigma.manifest import BackupRecord, ChunkRecord, ChunkRef, FileEntry, LogEntry, Manifest
+from enigma.pipeline import ChunkUploader
 from enigma.repository import Repository
 
-#: Flush pending manifest rows after this many files or chunks (one transaction each).
-FILE_BATCH = 1000
-CHUNK_BATCH = 256
+#: Flush manifest rows after this many files or new chunks, or this many seconds: big
+#: batches are fast, short intervals bound what a crash makes the next run redo.
+FILE_BATCH = 5000
+CHUNK_BATCH = 1000
+FLUSH_SECONDS = 1.0
+#: Files up to this size are read whole and cut in memory (no per-file stream buffer).
+WHOLE_FILE_LIMIT = 32 * 1024 * 1024
 READ_BLOCK = 1 << 20
 
 
@@ -34,11 +46,16 @@ class BackupStats:
     files: int = 0
     dirs: int = 0
     symlinks: int = 0
-    bytes_read: int = 0
+    files_new: int = 0
+    files_changed: int = 0
+    files_unchanged: int = 0
+    bytes_total: int = 0  # size of every file in the backup
+    bytes_read: int = 0  # what had to be read (new and changed files)
     chunks: int = 0
     chunks_new: int = 0
-    bytes_new: int = 0
-    bytes_stored: int = 0
+    bytes_new: int = 0  # plaintext of new chunks
+    bytes_stored: int = 0  # sealed size of new chunks
+    bytes_uploaded: int = 0  # sealed bytes sent, counting every copy
     skipped: int = 0
     errors: int = 0
     seconds: float = 0.0
@@ -63,21 +80,51 @@ def stored_path(path: Path) -> str:
     return path.as_posix().lstrip("/")
 
 
-class _Backup:
-    """One backup run's state: pending manifest rows, stats and the audit log."""
+def previous_files(manifest: Manifest, root: Path) -> dict[str, FileEntry]:
+    """The file cache: regular files under ``root`` in the newest usable backup of it."""
+    for backup in reversed(manifest.list_backups()):
+        if backup.status in ("complete", "partial") and str(root) in backup.sources:
+            prefix = stored_path(root) or None
+            return {e.path: e for e in manifest.iter_files(backup.id, prefix) if e.type == "file"}
+    return {}
 
-    def __init__(self, repo: Repository, backup_id: str, excluded: set[Path]) -> None:
+
+def unchanged(cached: FileEntry | None, st: os.stat_result) -> bool:
+    return (cached is not None and cached.size == st.st_size
+            and cached.mtime_ns == st.st_mtime_ns and cached.ctime_ns == st.st_ctime_ns
+            and cached.inode == st.st_ino)
+
+
+@dataclass
+class _Pending:
+    """A file whose chunks are still being stored."""
+
+    entry: FileEntry
+    futures: list[Future[StoredChunk]]
+
+
+class _Backup:
+    """One backup run's state: the walk, in-flight files, pending manifest rows, the log."""
+
+    def __init__(self, repo: Repository, backup_id: str, excluded: set[Path],
+                 force: bool) -> None:
         self.repo = repo
         self.manifest = repo.manifest
-        self.store = ChunkStore(repo)
         self.chunker = repo.chunker
+        self.uploader = ChunkUploader(ChunkStore(repo))
         self.backup_id = backup_id
         self.excluded = excluded
+        self.force = force
+        self.cache: dict[str, FileEntry] = {}
         self.stats = BackupStats()
         self.problems: list[str] = []
-        self.pending_files: list[FileEntry] = []
-        self.pending_chunks: list[ChunkRecord] = []
+        self.in_flight: deque[_Pending] = deque()
+        self.loose: list[Future[StoredChunk]] = []  # chunks of files that failed mid-read
+        self.ready_files: list[FileEntry] = []
+        self.ready_chunks: list[ChunkRecord] = []
+        self.queued: set[bytes] = set()
         self.pending_log: list[LogEntry] = []
+        self.last_flush = time.monotonic()
 
     # -- audit trail -------------------------------------------------------------------
 
@@ -88,25 +135,59 @@ class _Backup:
             self.stats.errors += level == "error"
             self.stats.skipped += 1
 
-    # -- manifest batching -------------------------------------------------------------
+    # -- completion and manifest batching ----------------------------------------------
+
+    def _take_records(self, futures: list[Future[StoredChunk]]) -> None:
+        for future in futures:
+            stored = future.result()  # a storage failure stops the backup here
+            record = stored.record
+            if record is not None and record.id not in self.queued:
+                self.queued.add(record.id)
+                self.ready_chunks.append(record)
+                self.stats.chunks_new += 1
+                self.stats.bytes_new += record.size
+                self.stats.bytes_stored += record.stored_size
+                self.stats.bytes_uploaded += record.stored_size * len(record.providers)
+
+    def drain(self, *, wait: bool = False) -> None:
+        """Move finished files (in order) to the manifest batch; flush when it is due."""
+        done_loose = [f for f in self.loose if wait or f.done()]
+        if done_loose:
+            self._take_records(done_loose)
+            self.loose = [f for f in self.loose if f not in done_loose]
+        while self.in_flight and (wait or all(f.done() for f in self.in_flight[0].futures)):
+            pending = self.in_flight.popleft()
+            self._take_records(pending.futures)
+            for ref, future in zip(pending.entry.chunks, pending.futures, strict=True):
+                ref.chunk_id = future.result().chunk_id
+            self.ready_files.append(pending.entry)
+        if (len(self.ready_files) >= FILE_BATCH or len(self.ready_chunks) >= CHUNK_BATCH
+                or time.monotonic() - self.last_flush >= FLUSH_SECONDS):
+            self.flush()
 
     def flush(self) -> None:
-        """Record new chunks first, then the files that use them, then the log."""
-        if self.pending_chunks:
-            self.manifest.add_chunks(self.pending_chunks)
-            self.store.forget_pending([c.id for c in self.pending_chunks])
-            self.pending_chunks = []
-        if self.pending_files:
-            self.manifest.add_files(self.backup_id, self.pending_files)
-            self.pending_files = []
+        """Make chunks durable, record them, then the files that use them, then the log."""
+        if self.ready_chunks:
+            self.uploader.sync()
+            self.manifest.add_chunks(self.ready_chunks)
+            self.uploader.recorded(c.id for c in self.ready_chunks)
+            self.ready_chunks = []
+        if self.ready_files:
+            self.manifest.add_files(self.backup_id, self.ready_files)
+            self.ready_files = []
         if self.pending_log:
             self.manifest.log(self.backup_id, self.pending_log)
             self.pending_log = []
+        self.last_flush = time.monotonic()
 
-    def add(self, entry: FileEntry) -> None:
-        self.pending_files.append(entry)
-        if len(self.pending_files) >= FILE_BATCH or len(self.pending_chunks) >= CHUNK_BATCH:
-            self.flush()
+    def salvage(self) -> None:
+        """After a failure: record every chunk that did get stored, so a re-run reuses it."""
+        futures = self.loose + [f for p in self.in_flight for f in p.futures]
+        for future in futures:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self._take_records([future])
+        self.in_flight.clear()
+        self.loose = []
 
     # -- walking -----------------------------------------------------------------------
 
@@ -163,7 +244,7 @@ class _Backup:
                     uid=st.st_uid, gid=st.st_gid, inode=st.st_ino, ctime_ns=st.st_ctime_ns)
         if stat.S_ISDIR(st.st_mode):
             self.stats.dirs += 1
-            self.add(FileEntry(type="dir", **base))
+            self.ready_files.append(FileEntry(type="dir", **base))
         elif stat.S_ISLNK(st.st_mode):
             try:
                 target = os.readlink(path)
@@ -171,16 +252,26 @@ class _Backup:
                 self.note("warning", "unreadable", rel, f"cannot read symlink: {exc.strerror}")
                 return
             self.stats.symlinks += 1
-            self.add(FileEntry(type="symlink", target=target, **base))
+            self.ready_files.append(FileEntry(type="symlink", target=target, **base))
         elif stat.S_ISREG(st.st_mode):
-            self.regular_file(path, rel, base)
+            self.regular_file(path, rel, base, st)
         else:
             self.pending_log.append(LogEntry(time.time(), "info", "skipped", rel,
                                              "special file (device, fifo or socket)"))
+        self.drain()
 
-    def regular_file(self, path: Path, rel: str, base: dict) -> None:
+    def regular_file(self, path: Path, rel: str, base: dict, st: os.stat_result) -> None:
+        cached = None if self.force else self.cache.get(rel)
+        if cached is not None and unchanged(cached, st):
+            self.stats.files += 1
+            self.stats.files_unchanged += 1
+            self.stats.bytes_total += cached.size
+            self.stats.chunks += len(cached.chunks)
+            self.ready_files.append(FileEntry(type="file", size=cached.size,
+                                              chunks=cached.chunks, **base))
+            return
         try:
-            handle = open(path, "rb", buffering=READ_BLOCK)  # noqa: SIM115 - closed below
+            handle = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
         except FileNotFoundError:
             self.note("warning", "vanished", rel, "vanished before it was read")
             return
@@ -188,29 +279,54 @@ class _Backup:
             self.note("error", "unreadable", rel, f"cannot open: {exc.strerror or exc}")
             return
         refs: list[ChunkRef] = []
+        futures: list[Future[StoredChunk]] = []
         offset = 0
         try:
             with handle:
-                for piece in self.chunker.chunks(handle):
-                    stored = self.store.put(piece)
-                    refs.append(ChunkRef(stored.chunk_id, offset, stored.size))
-                    offset += stored.size
-                    self.stats.chunks += 1
-                    if stored.record is not None:
-                        self.pending_chunks.append(stored.record)
-                        self.stats.chunks_new += 1
-                        self.stats.bytes_new += stored.record.size
-                        self.stats.bytes_stored += stored.record.stored_size
+                for piece in self.pieces(handle, st.st_size):
+                    future = self.uploader.submit(piece)
+                    futures.append(future)
+                    refs.append(ChunkRef(b"", offset, len(piece)))
+                    offset += len(piece)
+                    self.drain()
         except OSError as exc:
+            self.loose.extend(futures)
             self.note("error", "unreadable", rel, f"read failed: {exc.strerror or exc}")
             return
         self.stats.files += 1
+        if cached is None:
+            self.stats.files_new += 1
+        else:
+            self.stats.files_changed += 1
+        self.stats.bytes_total += offset
         self.stats.bytes_read += offset
-        base["size"] = offset
-        self.add(FileEntry(type="file", chunks=refs, **base))
+        self.stats.chunks += len(refs)
+        entry = FileEntry(type="file", size=offset, chunks=refs, **base)
+        self.in_flight.append(_Pending(entry, futures))
+
+    def pieces(self, handle: BinaryIO, size: int) -> Iterator[bytes | memoryview]:
+        """The file's chunks, each safe to keep until its upload is done.
+
+        Small files are one read and, below the chunker's single-chunk limit, one chunk;
+        big files stream through the chunker and each chunk is copied out of its buffer.
+        """
+        if size <= WHOLE_FILE_LIMIT:
+            data = handle.read()
+            if not data:
+                return
+            if len(data) <= self.chunker.single_chunk_limit:
+                yield data
+            else:
+                yield from self.chunker.chunks_of(data)
+            if len(data) == size:
+                return
+            # the file grew while we read it: continue with the stream
+        for piece in self.chunker.chunks(handle):
+            yield bytes(piece)
 
 
-def run_backup(repo: Repository, sources: list[str | os.PathLike[str]]) -> BackupResult:
+def run_backup(repo: Repository, sources: list[str | os.PathLike[str]], *,
+               force: bool = False) -> BackupResult:
     """Back up ``sources``; raise on storage failure (after marking the backup failed)."""
     roots = [Path(os.path.abspath(s)) for s in sources]
     for root in roots:
@@ -218,12 +334,12 @@ def run_backup(repo: Repository, sources: list[str | os.PathLike[str]]) -> Backu
             raise NotFoundError(f"source {root} does not exist")
     started = time.time()
     backup_id = new_backup_id()
-    chunker = repo.chunker
     manifest = repo.manifest
+    chunker = repo.chunker
     excluded = {repo.config.config_dir, repo.config.db_path.parent}
     excluded |= {Path(p.options["path"]) for p in repo.config.providers
                  if isinstance(p.options.get("path"), str)}
-    run = _Backup(repo, backup_id, excluded)
+    run = _Backup(repo, backup_id, excluded, force)
     manifest.begin_backup(BackupRecord(
         id=backup_id, created_at=started, sources=[str(r) for r in roots],
         hostname=socket.gethostname(),
@@ -232,15 +348,26 @@ def run_backup(repo: Repository, sources: list[str | os.PathLike[str]]) -> Backu
     status = "failed"
     try:
         for root in roots:
+            run.cache = {} if force else previous_files(manifest, root)
             for path, st in run.walk(root):
                 run.entry(path, st)
+        run.drain(wait=True)
+        run.flush()
         status = "partial" if run.problems else "complete"
+    except BaseException:
+        run.uploader.close(cancel=True)
+        run.salvage()
+        with contextlib.suppress(Exception):  # the original error is the one to report
+            run.flush()  # keep what is safely stored, so a re-run does not upload it again
+        raise
     finally:
+        run.uploader.close()
         run.stats.seconds = round(time.time() - started, 3)
-        run.pending_log.append(LogEntry(
+        s = run.stats
+        manifest.log(backup_id, [LogEntry(
             time.time(), "error" if status == "failed" else "info", "finished", None,
-            f"status {status}: {run.stats.files} files, {run.stats.bytes_read} bytes read, "
-            f"{run.stats.bytes_stored} bytes stored"))
-        run.flush()  # every pending row points at chunks already stored, even on failure
+            f"status {status}: {s.files_new} new, {s.files_changed} changed, "
+            f"{s.files_unchanged} unchanged files; {s.bytes_read} bytes read, "
+            f"{s.bytes_uploaded} bytes uploaded")])
         manifest.finish_backup(backup_id, time.time(), status, asdict(run.stats))
     return BackupResult(backup_id, status, run.stats, run.problems)

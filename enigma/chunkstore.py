@@ -7,7 +7,6 @@ restore, verify and (later) the S3 gateway.
 from __future__ import annotations
 
 import random
-import threading
 import time
 from dataclasses import dataclass
 
@@ -65,7 +64,7 @@ class StoredChunk:
 
 
 class ChunkStore:
-    """Stores and loads chunks for one repository; safe to share between threads."""
+    """Stores and loads chunks for one repository; every method is safe from many threads."""
 
     def __init__(self, repo: Repository) -> None:
         self.repo = repo
@@ -74,47 +73,35 @@ class ChunkStore:
         self.providers = repo.providers
         self.compressor = repo.compressor
         self.distribution = repo.distribution
-        self._pending: set[bytes] = set()
-        self._lock = threading.Lock()
+        self.sealer = crypto.ChunkSealer(self.keys.data_keys, self.keys.current_key_id)
 
     def identify(self, data: bytes | memoryview) -> bytes:
         return crypto.chunk_id(self.keys.id_key, data)
 
-    def is_known(self, chunk_id: bytes) -> bool:
-        """Stored already: in the manifest, or written earlier in this run and not yet recorded."""
-        with self._lock:
-            if chunk_id in self._pending:
-                return True
-        return self.manifest.has_chunk(chunk_id)
-
-    def forget_pending(self, ids: list[bytes]) -> None:
-        """Called once the manifest has recorded these chunks."""
-        with self._lock:
-            self._pending.difference_update(ids)
-
-    def put(self, data: bytes | memoryview) -> StoredChunk:
-        """Store ``data`` unless an identical chunk exists; return a record for new chunks."""
-        chunk_id = self.identify(data)
-        if self.is_known(chunk_id):
-            return StoredChunk(chunk_id, len(data), None)
+    def seal(self, chunk_id: bytes, data: bytes | memoryview) -> tuple[ChunkRecord, bytes]:
+        """Compress (when it pays), encrypt, and choose the providers for a new chunk."""
         payload, compression = data, ""
         if self.compressor is not None:
             packed = self.compressor.compress(data)
             if len(packed) <= len(data) * (1 - MIN_SAVING):
                 payload, compression = packed, self.compressor.name
-        key_id = self.keys.current_key_id
-        sealed = crypto.seal_chunk(chunk_id, payload, key=self.keys.data_keys[key_id],
-                                   key_id=key_id, compression=compression)
+        sealed = self.sealer.seal(chunk_id, payload, compression)
         targets = self.distribution.choose(chunk_id, len(sealed))
-        key = chunk_key(chunk_id)
-        for label in targets:
-            provider = self.providers[label]
-            with_retries(f"storing on provider '{label}'", provider.put, key, sealed)
-        with self._lock:
-            self._pending.add(chunk_id)
         record = ChunkRecord(id=chunk_id, size=len(data), stored_size=len(sealed),
-                             compression=compression, key_id=key_id,
+                             compression=compression, key_id=self.sealer.current_key_id,
                              providers=tuple(targets), created_at=time.time())
+        return record, sealed
+
+    def put(self, data: bytes | memoryview) -> StoredChunk:
+        """Store one chunk synchronously unless the manifest has it (the simple path; bulk
+        work goes through ``pipeline.ChunkUploader``)."""
+        chunk_id = self.identify(data)
+        if self.manifest.has_chunk(chunk_id):
+            return StoredChunk(chunk_id, len(data), None)
+        record, sealed = self.seal(chunk_id, data)
+        key = chunk_key(chunk_id)
+        for label in record.providers:
+            with_retries(f"storing on provider '{label}'", self.providers[label].put, key, sealed)
         return StoredChunk(chunk_id, len(data), record)
 
     def fetch_sealed(self, record: ChunkRecord) -> bytes:
@@ -136,13 +123,13 @@ class ChunkStore:
 
     def open(self, chunk_id: bytes, sealed: bytes) -> bytes:
         """Authenticate, decrypt, decompress and re-check the keyed id of a sealed chunk."""
-        header, payload = crypto.open_chunk(chunk_id, sealed, self.keys.data_keys)
+        header, payload = self.sealer.open(chunk_id, sealed)
         if header.compression:
             compressor = self.repo.compressor_named(header.compression)
             payload = compressor.decompress(payload, max_size=MAX_CHUNK_SIZE)
         if crypto.chunk_id(self.keys.id_key, payload) != chunk_id:
             raise IntegrityError(f"chunk {chunk_id.hex()[:12]}: content does not match its id")
-        return bytes(payload)
+        return payload
 
     def get(self, record: ChunkRecord) -> bytes:
         """The plaintext of a recorded chunk, authenticated."""

@@ -157,9 +157,11 @@ def init(state: State) -> None:
 
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--force", is_flag=True,
+              help="Read every file, even those unchanged since the last backup.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
-def backup(ctx: click.Context, paths: tuple[str, ...], as_json: bool) -> None:
+def backup(ctx: click.Context, paths: tuple[str, ...], force: bool, as_json: bool) -> None:
     """Back up files and directories; prints the new backup's id.
 
     Exit code 3 means the backup was saved but some files could not be read (they are
@@ -174,7 +176,7 @@ def backup(ctx: click.Context, paths: tuple[str, ...], as_json: bool) -> None:
     state: State = ctx.obj
     repo = state.repo()
     with repository_lock(repo.config.config_dir, exclusive=False):
-        result = run_backup(repo, list(paths))
+        result = run_backup(repo, list(paths), force=force)
     s = result.stats
     if as_json:
         echo_json({"backup_id": result.backup_id, "status": result.status,
@@ -186,10 +188,11 @@ def backup(ctx: click.Context, paths: tuple[str, ...], as_json: bool) -> None:
             click.echo(f"... and {len(result.problems) - 20} more (see the backup log)",
                        err=True)
         rate = s.bytes_read / s.seconds / 1e6 if s.seconds else 0.0
-        click.echo(f"backup {result.status}: {s.files} files, {s.dirs} dirs, {s.symlinks} "
-                   f"symlinks, {human(s.bytes_read)} read, {s.chunks_new} new chunks "
-                   f"({human(s.bytes_stored)} stored), {s.chunks - s.chunks_new} deduplicated, "
-                   f"{s.seconds:.2f} s ({rate:.1f} MB/s)", err=True)
+        click.echo(f"backup {result.status}: {s.files} files ({s.files_new} new, "
+                   f"{s.files_changed} changed, {s.files_unchanged} unchanged), {s.dirs} dirs, "
+                   f"{s.symlinks} symlinks; {human(s.bytes_read)} read, {s.chunks_new} new "
+                   f"chunks, {human(s.bytes_uploaded)} uploaded; {s.seconds:.2f} s "
+                   f"({rate:.1f} MB/s)", err=True)
         click.echo(result.backup_id)
     if result.status == "partial":
         ctx.exit(EXIT_PARTIAL)
@@ -215,7 +218,7 @@ def list_backups(state: State, as_json: bool) -> None:
     for b in backups:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(b.created_at))
         files = b.stats.get("files", 0)
-        size = human(b.stats.get("bytes_read", 0))
+        size = human(b.stats.get("bytes_total", b.stats.get("bytes_read", 0)))
         click.echo(f"{b.id:<16}  {when:<19}  {b.status:<8}  {files:>7}  {size:>10}  "
                    f"{', '.join(b.sources)}")
 

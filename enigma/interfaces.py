@@ -35,10 +35,27 @@ class Chunker(Plugin):
         keep a chunk copy it.
         """
 
+    def chunks_of(self, buffer: bytes | memoryview) -> Iterator[bytes | memoryview]:
+        """Chunk data already in memory; each yielded piece stays valid while ``buffer`` does.
+
+        Override to cut without copying (``CdcChunker`` does); this default streams.
+        """
+        for piece in self.chunks(io.BytesIO(buffer)):
+            yield bytes(piece)
+
     @property
     def params(self) -> dict[str, Any]:
         """The parameters that determine cut points (recorded with each backup)."""
         return {}
+
+    @property
+    def single_chunk_limit(self) -> int:
+        """Inputs up to this many bytes are always exactly one chunk.
+
+        The pipeline reads such files whole and skips the chunker (a big saving with many
+        small files). 0 means "no such guarantee".
+        """
+        return 0
 
 
 class Compressor(Plugin):
@@ -98,6 +115,14 @@ class StorageProvider(Plugin):
     def get_stream(self, key: str) -> BinaryIO:
         """Open an object for streaming reads; override to avoid buffering large objects."""
         return io.BytesIO(self.get(key))
+
+    def sync(self) -> None:
+        """Make every earlier ``put`` durable.
+
+        The core calls this before it records chunks in the manifest. A provider whose puts
+        are durable when they return (every cloud store) keeps this no-op; one that defers
+        flushing (local disks, see ``LocalStorage``) flushes here.
+        """
 
     def check(self) -> None:
         """Raise ``StorageError`` with a one-line cause if the provider is unreachable."""

@@ -134,7 +134,10 @@ class Repository:
         """The compressor a sealed chunk's header names, to read chunks whatever the config."""
         if self.compressor is not None and self.compressor.name == name:
             return self.compressor
-        return self.plugins.get("compressor", name)()
+        cache = self.__dict__.setdefault("_readers", {})
+        if name not in cache:
+            cache[name] = self.plugins.get("compressor", name)()
+        return cache[name]
 
     @cached_property
     def distribution(self) -> DistributionPolicy:

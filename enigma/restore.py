@@ -128,7 +128,11 @@ class _Restorer:
         path = self.target(entry)
         self.clear(path, keep_dir=False)
         tmp = path.with_name(f".{path.name}.enigma-restore")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        # A stale temp, or a symlink / hard link planted at its name, is removed, never
+        # opened: O_TRUNC on a hard link would overwrite the file it shares outside DEST.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
             with os.fdopen(fd, "wb") as out:
                 for ref in entry.chunks:

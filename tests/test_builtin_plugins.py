@@ -37,6 +37,8 @@ HEX = "0123456789abcdef" * 4
 
 
 class TestLocalStorageContract(StorageProviderContract):
+    """The default (batched fsync) mode; the fsync="always" mode is exercised below."""
+
     @pytest.fixture
     def provider(self, tmp_path: Path) -> Iterator[LocalStorage]:
         store = LocalStorage(path=str(tmp_path / "store"))
@@ -106,7 +108,7 @@ def test_module_lists() -> None:
 
 @pytest.fixture
 def store(tmp_path: Path) -> LocalStorage:
-    s = LocalStorage(path=str(tmp_path / "store"))
+    s = LocalStorage(path=str(tmp_path / "store"), fsync="always")
     s.create_bucket()
     return s
 
@@ -562,3 +564,33 @@ def test_policies_are_thread_safe(cls: Any) -> None:
         assert counts == {label: total // 4 for label in "abcd"}
     else:
         assert counts == {"a": total * 2 // 5, "b": total // 5, "c": total // 5, "d": total // 5}
+
+
+class TestLocalStorageAlwaysFsyncContract(StorageProviderContract):
+    @pytest.fixture
+    def provider(self, tmp_path: Path) -> Iterator[LocalStorage]:
+        store = LocalStorage(path=str(tmp_path / "store"), fsync="always")
+        store.create_bucket()
+        yield store
+
+
+def test_local_batch_mode_syncs_with_one_call(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(local_storage.os, "fsync", lambda fd: calls.append("fsync") or
+                        real_fsync(fd))
+    batch = LocalStorage(path=str(tmp_path / "batch"))
+    batch.create_bucket()
+    calls.clear()
+    for i in range(20):
+        batch.put(f"chunks/aa/{i}", b"x")
+    assert calls == []  # no per-object flush
+    batch.sync()
+    assert sorted(batch.list("chunks/")) == sorted(f"chunks/aa/{i}" for i in range(20))
+    always = LocalStorage(path=str(tmp_path / "always"), fsync="always")
+    always.create_bucket()
+    always.put("chunks/aa/0", b"x")
+    assert calls.count("fsync") >= 2  # the file and its directory
+    with pytest.raises(ConfigError, match="fsync"):
+        LocalStorage(path=str(tmp_path / "x"), fsync="sometimes")

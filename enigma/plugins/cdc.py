@@ -125,6 +125,16 @@ class CdcChunker(Chunker):
         for chunk in self._fastcdc().cut_stream(stream):
             yield chunk.data
 
+    def chunks_of(self, buffer: bytes | memoryview) -> Iterator[memoryview]:
+        """Cut data already in memory: the views point into ``buffer`` (no copies)."""
+        for chunk in self._fastcdc().cut_buf(buffer):
+            yield chunk.data
+
+    @property
+    def single_chunk_limit(self) -> int:
+        """FastCDC never cuts inside the first ``min_size`` bytes."""
+        return self.min_size
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v}" for k, v in self.params.items())
         return f"CdcChunker({args})"

@@ -1,14 +1,24 @@
 """Local-disk storage: objects are files under a root directory (a local disk or a NAS mount).
 
 Keys map one-to-one to paths (``chunks/ab/<hex>`` -> ``<root>/chunks/ab/<hex>``). Every
-write goes to a ``.tmp-*`` file in the target's directory, is fsynced and renamed over the
-target, and the directory is fsynced: a reader or a crash sees the old object, the new one,
-or none, never a torn one. The class keeps no mutable state, so it is safe from any thread.
+write goes to a ``.tmp-*`` file in the target's directory and is renamed over the target:
+a reader, or a killed process, sees the old object, the new one, or none, never a torn one.
+
+Durability has two modes (option ``fsync``):
+
+- ``"always"``: each put fsyncs the file before the rename and the directory after it.
+- ``"batch"`` (default): puts skip the fsyncs and ``sync()`` makes everything durable with
+  one ``syncfs(2)``. The core calls ``sync()`` before it records chunks in the manifest, so
+  the manifest still only ever points at durable chunks, and a backup of 20,000 small files
+  costs one flush instead of 20,000 (0.28 ms each on this machine's ext4: 5.6 s). After a
+  power loss an object written since the last ``sync()`` may be torn; the manifest never
+  references it, gc removes it, and a re-run backup rewrites it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import stat
@@ -73,6 +83,7 @@ class LocalStorage(StorageProvider):
         path_style: bool | None = None,
         access_key: str | None = None,
         secret_key: str | None = None,
+        fsync: str = "batch",
     ) -> None:
         # ``bucket`` doubles as the directory (the seed config gives every provider one);
         # the S3-style options are accepted and ignored for the same reason.
@@ -83,6 +94,9 @@ class LocalStorage(StorageProvider):
         if not isinstance(root, str | os.PathLike):
             raise ConfigError("Local storage 'path' must be a string")
         self.root = os.path.abspath(os.path.expanduser(os.fspath(root)))
+        if fsync not in ("always", "batch"):
+            raise ConfigError("Local storage 'fsync' must be \"always\" or \"batch\"")
+        self.fsync_each = fsync == "always"
 
     def __repr__(self) -> str:
         return f"LocalStorage(path={self.root!r})"
@@ -130,7 +144,8 @@ class LocalStorage(StorageProvider):
                 if not os.path.isdir(path):
                     raise
                 continue  # another thread made it; it fsyncs the parent
-            _fsync_dir(os.path.dirname(path))
+            if self.fsync_each:
+                _fsync_dir(os.path.dirname(path))
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -155,12 +170,14 @@ class LocalStorage(StorageProvider):
                 except OSError as exc:
                     raise self._error("cannot write", key, exc) from exc
             try:
-                os.fsync(fd)
+                if self.fsync_each:
+                    os.fsync(fd)
                 os.close(fd)
                 fd = -1
                 os.replace(tmp, path)
                 done = True
-                _fsync_dir(directory)
+                if self.fsync_each:
+                    _fsync_dir(directory)
             except OSError as exc:
                 raise self._error("cannot write", key, exc) from exc
         finally:
@@ -271,6 +288,20 @@ class LocalStorage(StorageProvider):
 
     # -- lifecycle ------------------------------------------------------------------------
 
+    def sync(self) -> None:
+        """Make every put so far durable: one ``syncfs`` of the root's filesystem."""
+        if self.fsync_each:
+            return
+        try:
+            fd = os.open(self.root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except OSError as exc:
+            raise StorageError(f"local storage {self.root}: cannot sync: {_reason(exc)}") from exc
+        try:
+            if _syncfs is None or _syncfs(fd) != 0:
+                os.sync()  # no syncfs(2) here (or it failed): flush every filesystem
+        finally:
+            os.close(fd)
+
     def check(self) -> None:
         """Prove the root exists and takes writes (a real probe: access() lies for root)."""
         if not os.path.isdir(self.root):
@@ -298,5 +329,15 @@ class LocalStorage(StorageProvider):
             _fsync_dir(os.path.dirname(self.root))
         return True
 
+
+def _load_syncfs():  # type: ignore[no-untyped-def]
+    """``syncfs(2)`` from libc where it exists (Linux); None elsewhere."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+
+
+_syncfs = _load_syncfs()
 
 STORAGE_PROVIDERS = [LocalStorage]

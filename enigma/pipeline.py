@@ -1,0 +1,209 @@
+"""Parallel chunk processing with bounded memory, shared by backup, restore and verify.
+
+hashlib/hmac, AES-GCM, zstd and pyfastcdc release the GIL, so plain threads scale with
+cores. CPU work (id, compress, seal; open, decompress, check) runs in a pool sized to the
+cores; uploads run in one pool per provider, so a slow cloud does not starve a fast disk.
+A byte budget bounds what is in flight: memory stays flat whatever the file or tree size.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from enigma.chunkstore import ChunkStore, StoredChunk, chunk_key, with_retries
+from enigma.manifest import ChunkRecord
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: Bytes of plaintext in flight at once (each may briefly exist twice: plain and sealed).
+DEFAULT_BUDGET = 48 * 1024 * 1024
+#: Concurrent uploads per provider: enough to hide network latency, few enough to be polite.
+DEFAULT_UPLOAD_THREADS = 8
+
+
+def cpu_count() -> int:
+    """Cores this process may use (affinity-aware, unlike os.cpu_count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+class ByteBudget:
+    """A counting semaphore over bytes; one oversized request may pass when nothing else is in."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._cond = threading.Condition()
+
+    def _fits(self, n: int) -> bool:
+        return self.used == 0 or self.used + n <= self.limit
+
+    def acquire(self, n: int) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._fits(n))
+            self.used += n
+
+    def try_acquire(self, n: int) -> bool:
+        with self._cond:
+            if not self._fits(n):
+                return False
+            self.used += n
+            return True
+
+    def release(self, n: int) -> None:
+        with self._cond:
+            self.used -= n
+            self._cond.notify_all()
+
+
+class ChunkUploader:
+    """Turns plaintext chunks into stored chunks in parallel; each ``submit`` returns a future.
+
+    A chunk whose id is already stored, or already on its way, is not stored twice. Ids
+    stay "in flight" until ``recorded`` says the manifest has them, so a duplicate that
+    arrives between upload and manifest write is still recognised.
+    """
+
+    def __init__(self, store: ChunkStore, *, workers: int | None = None,
+                 upload_threads: int = DEFAULT_UPLOAD_THREADS,
+                 budget: int = DEFAULT_BUDGET) -> None:
+        self.store = store
+        self.budget = ByteBudget(budget)
+        self.cpu = ThreadPoolExecutor(workers or cpu_count(), thread_name_prefix="enigma-cpu")
+        self.uploads = {label: ThreadPoolExecutor(upload_threads,
+                                                  thread_name_prefix=f"enigma-up-{label}")
+                        for label in store.providers}
+        self._inflight: dict[bytes, Future[StoredChunk]] = {}
+        self._lock = threading.Lock()
+
+    def submit(self, data: bytes | memoryview) -> Future[StoredChunk]:
+        """Queue a chunk (blocks while the byte budget is spent); the caller keeps ``data``
+        unchanged until the future is done."""
+        size = len(data)
+        self.budget.acquire(size)
+        result: Future[StoredChunk] = Future()
+        result.add_done_callback(lambda _f: self.budget.release(size))
+        self.cpu.submit(self._process, data, result)
+        return result
+
+    def _process(self, data: bytes | memoryview, result: Future[StoredChunk]) -> None:
+        try:
+            chunk_id = self.store.identify(data)
+            with self._lock:
+                earlier = self._inflight.get(chunk_id)
+                if earlier is None and not self.store.manifest.has_chunk(chunk_id):
+                    self._inflight[chunk_id] = result
+                    earlier = None
+                    fresh = True
+                else:
+                    fresh = False
+            if not fresh:
+                self._duplicate(chunk_id, len(data), earlier, result)
+                return
+            record, sealed = self.store.seal(chunk_id, data)
+            del data
+            self._upload(record, sealed, result)
+        except BaseException as exc:
+            self._fail(result, exc)
+
+    def _duplicate(self, chunk_id: bytes, size: int, earlier: Future[StoredChunk] | None,
+                   result: Future[StoredChunk]) -> None:
+        duplicate = StoredChunk(chunk_id, size, None)
+        if earlier is None:
+            result.set_result(duplicate)
+            return
+
+        def follow(done: Future[StoredChunk]) -> None:
+            if done.exception() is not None:
+                result.set_exception(done.exception())
+            else:
+                result.set_result(duplicate)
+
+        earlier.add_done_callback(follow)
+
+    def _upload(self, record: ChunkRecord, sealed: bytes, result: Future[StoredChunk]) -> None:
+        key = chunk_key(record.id)
+        remaining = [len(record.providers)]
+        lock = threading.Lock()
+
+        def put(label: str) -> None:
+            try:
+                provider = self.store.providers[label]
+                with_retries(f"storing on provider '{label}'", provider.put, key, sealed)
+            except BaseException as exc:
+                self._fail(result, exc, record.id)
+                return
+            with lock:
+                remaining[0] -= 1
+                last = remaining[0] == 0
+            if last and not result.done():
+                result.set_result(StoredChunk(record.id, record.size, record))
+
+        for label in record.providers:
+            self.uploads[label].submit(put, label)
+
+    def _fail(self, result: Future[StoredChunk], exc: BaseException,
+              chunk_id: bytes | None = None) -> None:
+        if chunk_id is not None:
+            with self._lock:
+                if self._inflight.get(chunk_id) is result:
+                    del self._inflight[chunk_id]
+        if not result.done():
+            result.set_exception(exc)
+
+    def recorded(self, ids: Iterable[bytes]) -> None:
+        """The manifest now holds these chunks: dedup can rely on it from here on."""
+        with self._lock:
+            for chunk_id in ids:
+                self._inflight.pop(chunk_id, None)
+
+    def sync(self) -> None:
+        """Make every stored chunk durable before the manifest mentions it."""
+        for label, provider in self.store.providers.items():
+            with_retries(f"syncing provider '{label}'", provider.sync)
+
+    def close(self, *, cancel: bool = False) -> None:
+        self.cpu.shutdown(wait=True, cancel_futures=cancel)
+        for pool in self.uploads.values():
+            pool.shutdown(wait=True, cancel_futures=cancel)
+
+
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], *, size: Callable[[T], int],
+                budget: int = DEFAULT_BUDGET, workers: int | None = None,
+                ) -> Iterator[tuple[T, Future[R]]]:
+    """Run ``fn`` over ``items`` in parallel, yielding ``(item, done future)`` in input order.
+
+    Read-ahead is bounded by ``budget`` bytes (``size(item)`` each), so a restore of a
+    huge tree fetches ahead only as much as fits; failures stay in their future, so the
+    caller decides per item what an error means.
+    """
+    window: deque[tuple[T, Future[R], int]] = deque()
+    gate = ByteBudget(budget)
+    with ThreadPoolExecutor(workers or max(4, 2 * cpu_count()),
+                            thread_name_prefix="enigma-fetch") as pool:
+        try:
+            for item in items:
+                n = size(item)
+                while not gate.try_acquire(n):
+                    yield _finish(window.popleft(), gate)
+                window.append((item, pool.submit(fn, item), n))
+            while window:
+                yield _finish(window.popleft(), gate)
+        finally:
+            for _item, future, _n in window:
+                future.cancel()
+
+
+def _finish(entry: tuple[T, Future[Any], int], gate: ByteBudget) -> tuple[T, Future[Any]]:
+    item, future, n = entry
+    future.exception()  # wait for it, whatever the outcome
+    gate.release(n)
+    return item, future
