@@ -22,7 +22,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 #: Bytes of plaintext in flight at once (each may briefly exist twice: plain and sealed).
-DEFAULT_BUDGET = 48 * 1024 * 1024
+DEFAULT_BUDGET = 32 * 1024 * 1024
 #: Concurrent uploads per provider: enough to hide network latency, few enough to be polite.
 DEFAULT_UPLOAD_THREADS = 8
 

@@ -16,10 +16,12 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from enigma.chunkstore import ChunkStore
 from enigma.errors import EnigmaError, IntegrityError, NotFoundError
-from enigma.manifest import FileEntry
+from enigma.manifest import ChunkRef, FileEntry
+from enigma.pipeline import ordered_map
 from enigma.repository import Repository
 
 
@@ -54,8 +56,11 @@ def select(entries: Iterator[FileEntry], glob: str | None) -> Iterator[FileEntry
 
 
 def safe_parts(path: str) -> list[str]:
-    """Split a stored path, refusing absolute paths, '..', '.', empty and NUL components."""
-    if not path or path.startswith("/") or "\0" in path or "\\" in path:
+    """Split a stored path, refusing absolute paths, '..', '.', empty and NUL components.
+
+    A backslash is an ordinary character in a POSIX file name, so it is allowed.
+    """
+    if not path or path.startswith("/") or "\0" in path:
         raise UnsafePath(f"refusing unsafe path {path!r}")
     parts = path.split("/")
     if any(p in ("", ".", "..") for p in parts):
@@ -71,6 +76,22 @@ def is_nonempty_dir(path: Path) -> bool:
         return False
     except NotADirectoryError:
         raise EnigmaError(f"destination {path} exists and is not a directory") from None
+
+
+@dataclass
+class _OpenFile:
+    """A file being restored: chunks go to ``tmp``, which is renamed to ``path`` when whole."""
+
+    entry: FileEntry
+    path: Path
+    tmp: Path
+    out: BinaryIO
+    damaged: str = ""
+
+    def abandon(self) -> None:
+        with contextlib.suppress(OSError):
+            self.out.close()
+        with_suppressed_unlink(self.tmp)
 
 
 class _Restorer:
@@ -124,7 +145,8 @@ class _Restorer:
         self.dirs.append(entry)
         self.result.dirs += 1
 
-    def file(self, entry: FileEntry) -> None:
+    def begin_file(self, entry: FileEntry) -> _OpenFile:
+        """Open a temp file beside the target; chunks are written to it as they arrive."""
         path = self.target(entry)
         self.clear(path, keep_dir=False)
         tmp = path.with_name(f".{path.name}.enigma-restore")
@@ -133,24 +155,19 @@ class _Restorer:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                for ref in entry.chunks:
-                    record = self.repo.manifest.get_chunk(ref.chunk_id)
-                    if record is None:
-                        raise IntegrityError(f"chunk {ref.chunk_id.hex()[:12]} is not in "
-                                             "the manifest")
-                    out.write(self.store.get(record))
-            os.chmod(tmp, entry.mode)
-            os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns))
-            os.replace(tmp, path)
-        except IntegrityError as exc:
-            os.unlink(tmp)
-            self.result.damaged.append(f"{entry.path}: {exc}")
+        return _OpenFile(entry, path, tmp, os.fdopen(fd, "wb"))
+
+    def end_file(self, handle: _OpenFile) -> None:
+        """Give a complete file its mode and mtime and its name; drop a damaged one."""
+        handle.out.close()
+        entry = handle.entry
+        if handle.damaged:
+            os.unlink(handle.tmp)
+            self.result.damaged.append(f"{entry.path}: {handle.damaged}")
             return
-        except BaseException:
-            with_suppressed_unlink(tmp)
-            raise
+        os.chmod(handle.tmp, entry.mode)
+        os.utime(handle.tmp, ns=(entry.mtime_ns, entry.mtime_ns))
+        os.replace(handle.tmp, handle.path)
         self.result.files += 1
         self.result.bytes += entry.size
 
@@ -184,7 +201,11 @@ def list_entries(repo: Repository, backup_id: str, prefix: str | None,
 def run_restore(repo: Repository, backup_id: str, dest: str | os.PathLike[str], *,
                 prefix: str | None = None, glob: str | None = None,
                 overwrite: bool = False) -> RestoreResult:
-    """Restore a backup (or the part selected by ``prefix``/``glob``) into ``dest``."""
+    """Restore a backup (or the part selected by ``prefix``/``glob``) into ``dest``.
+
+    Chunks are fetched, authenticated and decompressed in parallel, read ahead within a
+    byte budget, and written in order, one file at a time.
+    """
     backup = repo.manifest.get_backup(backup_id)
     target = Path(os.path.abspath(dest))
     if is_nonempty_dir(target) and not overwrite:
@@ -192,24 +213,66 @@ def run_restore(repo: Repository, backup_id: str, dest: str | os.PathLike[str], 
                           "into it anyway")
     target.mkdir(parents=True, exist_ok=True)
     restorer = _Restorer(repo, target, overwrite)
+    manifest, store = repo.manifest, restorer.store
     symlinks: list[FileEntry] = []
     matched = 0
-    for entry in list_entries(repo, backup.id, prefix, glob):
-        matched += 1
-        try:
-            if entry.type == "dir":
-                restorer.directory(entry)
-            elif entry.type == "file":
-                restorer.file(entry)
-            elif entry.type == "symlink":
-                symlinks.append(entry)  # last, so no file is ever written through one
-        except UnsafePath as exc:
-            restorer.result.refused.append(str(exc))
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise EnigmaError(f"restore stopped: no space left on device under {target}; "
-                                  f"{restorer.result.files} files restored") from None
-            raise
+
+    def tasks() -> Iterator[tuple[str, FileEntry, ChunkRef | None]]:
+        for entry in list_entries(repo, backup.id, prefix, glob):
+            yield "entry", entry, None
+            if entry.type == "file" and _is_safe(entry.path):
+                for ref in entry.chunks:
+                    yield "chunk", entry, ref
+                yield "end", entry, None
+
+    def fetch(task: tuple[str, FileEntry, ChunkRef | None]) -> bytes | None:
+        ref = task[2]
+        if ref is None:
+            return None
+        record = manifest.get_chunk(ref.chunk_id)
+        if record is None:
+            raise IntegrityError(f"chunk {ref.chunk_id.hex()[:12]} is not in the manifest")
+        return store.get(record)
+
+    current: _OpenFile | None = None
+    try:
+        for (kind, entry, _ref), future in ordered_map(
+                fetch, tasks(), size=lambda task: task[2].length if task[2] else 0):
+            if kind == "entry":
+                matched += 1
+                try:
+                    if entry.type == "dir":
+                        restorer.directory(entry)
+                    elif entry.type == "file":
+                        safe_parts(entry.path)
+                        current = restorer.begin_file(entry)
+                    elif entry.type == "symlink":
+                        symlinks.append(entry)  # last, so no file is written through one
+                except UnsafePath as exc:
+                    restorer.result.refused.append(str(exc))
+            elif current is None or current.entry is not entry:
+                continue  # the file was refused
+            elif kind == "chunk":
+                if current.damaged:
+                    continue
+                try:
+                    current.out.write(future.result())
+                except IntegrityError as exc:
+                    current.damaged = str(exc)
+            else:
+                handle, current = current, None
+                restorer.end_file(handle)
+    except OSError as exc:
+        if current is not None:
+            current.abandon()
+        if exc.errno == errno.ENOSPC:
+            raise EnigmaError(f"restore stopped: no space left on device under {target}; "
+                              f"{restorer.result.files} files restored") from None
+        raise
+    except BaseException:
+        if current is not None:
+            current.abandon()
+        raise
     if matched == 0 and (prefix or glob):
         raise NotFoundError(f"nothing in backup {backup.id} matches "
                             + " and ".join(x for x in (prefix and f"--path {prefix}",
@@ -221,3 +284,11 @@ def run_restore(repo: Repository, backup_id: str, dest: str | os.PathLike[str], 
             restorer.result.refused.append(str(exc))
     restorer.finish_dirs()
     return restorer.result
+
+
+def _is_safe(path: str) -> bool:
+    try:
+        safe_parts(path)
+    except UnsafePath:
+        return False
+    return True

@@ -75,6 +75,7 @@ def make_tree(root: Path, *, big_file_size: int = 0, seed: int = 1) -> Path:
     (root / "empty.txt").write_bytes(b"")
     (root / "ünïcødé 文件 🚀.txt").write_text("unicode name\n")
     (root / "spaces and +plus.txt").write_text("x")
+    (root / "back\\slash.txt").write_text("a backslash is legal in a POSIX name")
     (root / "exec.sh").write_text("#!/bin/sh\necho hi\n")
     (root / "exec.sh").chmod(0o755)
     (root / "private.txt").write_text("secret")

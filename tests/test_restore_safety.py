@@ -49,8 +49,14 @@ def repo(enigma: Enigma, tmp_path: Path) -> Repo:
     backup_id = enigma.ok("backup", str(source)).out.strip()
     outside = tmp_path / "outside"
     outside.mkdir()
-    return Repo(enigma, source, backup_id, str(source.resolve()).lstrip("/"), outside,
-                tmp_path / "out" / "a" / "dest")
+    return Repo(
+        enigma,
+        source,
+        backup_id,
+        str(source.resolve()).lstrip("/"),
+        outside,
+        tmp_path / "out" / "a" / "dest",
+    )
 
 
 def tamper(repo: Repo, *entries: Hostile) -> None:
@@ -75,10 +81,15 @@ def tamper(repo: Repo, *entries: Hostile) -> None:
                 cursor = conn.execute(
                     "INSERT INTO files (backup_id, path, type, size, mode, mtime_ns, target,"
                     " uid, gid, inode, ctime_ns) VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, 0, 0)",
-                    (repo.backup_id, entry.path, entry.type,
-                     len(KEEP) if entry.type == "file" else 0,
-                     0o755 if entry.type == "dir" else 0o644, 1_600_000_000_000_000_000,
-                     entry.target),
+                    (
+                        repo.backup_id,
+                        entry.path,
+                        entry.type,
+                        len(KEEP) if entry.type == "file" else 0,
+                        0o755 if entry.type == "dir" else 0o644,
+                        1_600_000_000_000_000_000,
+                        entry.target,
+                    ),
                 )
                 if entry.type == "file":
                     conn.executemany(
@@ -128,39 +139,45 @@ def refused_lines(result: Result) -> list[str]:
 # --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path, parts", [
-    ("a", ["a"]),
-    ("home/me/docs/x.txt", ["home", "me", "docs", "x.txt"]),
-    ("ünïcødé 文件/🚀 .txt", ["ünïcødé 文件", "🚀 .txt"]),
-    ("a/..b/c..", ["a", "..b", "c.."]),
-    ("...", ["..."]),
-    (".hidden/.x", [".hidden", ".x"]),
-])
+@pytest.mark.parametrize(
+    "path, parts",
+    [
+        ("a", ["a"]),
+        ("home/me/docs/x.txt", ["home", "me", "docs", "x.txt"]),
+        ("ünïcødé 文件/🚀 .txt", ["ünïcødé 文件", "🚀 .txt"]),
+        ("a/..b/c..", ["a", "..b", "c.."]),
+        ("...", ["..."]),
+        (".hidden/.x", [".hidden", ".x"]),
+    ],
+)
 def test_safe_parts_accepts_relative_paths(path: str, parts: list[str]) -> None:
     assert safe_parts(path) == parts
 
 
-@pytest.mark.parametrize("path", [
-    "",
-    "/",
-    "/etc/passwd",
-    "//etc/passwd",
-    "..",
-    "../escape.txt",
-    "../../escape.txt",
-    "a/../../escape.txt",
-    "a/b/..",
-    "a/../b",
-    ".",
-    "./a",
-    "a/./b",
-    "a/.",
-    "a//b",
-    "a/",
-    "/a/b",
-    "a\0b",
-    "a/b\0/../c",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "",
+        "/",
+        "/etc/passwd",
+        "//etc/passwd",
+        "..",
+        "../escape.txt",
+        "../../escape.txt",
+        "a/../../escape.txt",
+        "a/b/..",
+        "a/../b",
+        ".",
+        "./a",
+        "a/./b",
+        "a/.",
+        "a//b",
+        "a/",
+        "/a/b",
+        "a\0b",
+        "a/b\0/../c",
+    ],
+)
 def test_safe_parts_refuses_unsafe_paths(path: str) -> None:
     with pytest.raises(UnsafePath, match="refus"):
         safe_parts(path)
@@ -171,13 +188,16 @@ def test_safe_parts_refuses_unsafe_paths(path: str) -> None:
 # --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("hostile", [
-    "../../escape.txt",
-    "../escape.txt",
-    "a/../../escape.txt",
-    "a/../../../../outside/escape.txt",
-    "..",
-])
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "../../escape.txt",
+        "../escape.txt",
+        "a/../../escape.txt",
+        "a/../../../../outside/escape.txt",
+        "..",
+    ],
+)
 def test_dotdot_paths_are_refused(repo: Repo, hostile: str) -> None:
     tamper(repo, Hostile(hostile))
     result = restore(repo)
@@ -189,9 +209,11 @@ def test_dotdot_paths_are_refused(repo: Repo, hostile: str) -> None:
 
 
 def test_dotdot_directory_and_symlink_entries_are_refused(repo: Repo) -> None:
-    tamper(repo,
-           Hostile("../../made-dir", type="dir"),
-           Hostile("../../made-link", type="symlink", target=str(repo.outside)))
+    tamper(
+        repo,
+        Hostile("../../made-dir", type="dir"),
+        Hostile("../../made-link", type="symlink", target=str(repo.outside)),
+    )
     result = restore(repo)
     assert len(refused_lines(result)) == 2, result.err
     assert not os.path.lexists(repo.dest.parent.parent / "made-dir")
@@ -200,23 +222,28 @@ def test_dotdot_directory_and_symlink_entries_are_refused(repo: Repo) -> None:
 
 def test_absolute_paths_are_refused(repo: Repo) -> None:
     escape = repo.outside / "escape.txt"
-    tamper(repo,
-           Hostile(str(escape)),
-           Hostile(str(repo.outside / "made-dir"), type="dir"),
-           Hostile(str(repo.outside / "made-link"), type="symlink", target="/"),
-           Hostile("/" + str(repo.outside / "double-slash.txt")))
+    tamper(
+        repo,
+        Hostile(str(escape)),
+        Hostile(str(repo.outside / "made-dir"), type="dir"),
+        Hostile(str(repo.outside / "made-link"), type="symlink", target="/"),
+        Hostile("/" + str(repo.outside / "double-slash.txt")),
+    )
     result = restore(repo)
     assert len(refused_lines(result)) == 4, result.err
     assert not escape.exists()
 
 
-@pytest.mark.parametrize("hostile", [
-    "a//escape.txt",
-    "./escape.txt",
-    "a/./escape.txt",
-    "a/escape.txt/",
-    "a/.",
-])
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "a//escape.txt",
+        "./escape.txt",
+        "a/./escape.txt",
+        "a/escape.txt/",
+        "a/.",
+    ],
+)
 def test_empty_and_dot_components_are_refused(repo: Repo, hostile: str) -> None:
     tamper(repo, Hostile(hostile))
     result = restore(repo)
@@ -227,17 +254,18 @@ def test_empty_and_dot_components_are_refused(repo: Repo, hostile: str) -> None:
 
 
 @pytest.mark.parametrize("target", ["<outside>", "../../../outside", "/"])
-def test_nothing_is_written_through_a_symlink_from_the_backup(repo: Repo,
-                                                             target: str) -> None:
+def test_nothing_is_written_through_a_symlink_from_the_backup(repo: Repo, target: str) -> None:
     """evil -> <outside dir>, then evil/planted.txt: symlinks come last, so the file lands
     in a real directory DEST/evil and the symlink itself is refused."""
     target = target.replace("<outside>", str(repo.outside))
-    tamper(repo,
-           Hostile("evil", type="symlink", target=target),
-           Hostile("evil/planted.txt"),
-           Hostile("evil/deeper/planted.txt"),
-           Hostile("evil/made-dir", type="dir"),
-           Hostile("evil/link", type="symlink", target="/"))
+    tamper(
+        repo,
+        Hostile("evil", type="symlink", target=target),
+        Hostile("evil/planted.txt"),
+        Hostile("evil/deeper/planted.txt"),
+        Hostile("evil/made-dir", type="dir"),
+        Hostile("evil/link", type="symlink", target="/"),
+    )
     result = restore(repo)
     assert len(refused_lines(result)) == 1, result.err
     assert "evil" in refused_lines(result)[0]
@@ -248,9 +276,11 @@ def test_nothing_is_written_through_a_symlink_from_the_backup(repo: Repo,
 def test_symlink_under_a_symlink_from_the_backup(repo: Repo) -> None:
     """A chain of symlinks in the backup: the inner one must not be created through the
     outer one (symlinks are restored in path order, so the outer exists by then)."""
-    tamper(repo,
-           Hostile("evil", type="symlink", target=str(repo.outside)),
-           Hostile("evil/inner", type="symlink", target="/"))
+    tamper(
+        repo,
+        Hostile("evil", type="symlink", target=str(repo.outside)),
+        Hostile("evil/inner", type="symlink", target="/"),
+    )
     result = restore(repo)
     assert len(refused_lines(result)) == 1, result.err
     assert os.readlink(repo.dest / "evil") == str(repo.outside)  # inside DEST: harmless
@@ -260,11 +290,13 @@ def test_existing_symlink_in_dest_is_not_followed_with_overwrite(repo: Repo) -> 
     """DEST/evil already points outside; --overwrite must not write through it."""
     repo.dest.mkdir(parents=True)
     (repo.dest / "evil").symlink_to(repo.outside, target_is_directory=True)
-    tamper(repo,
-           Hostile("evil/planted.txt"),
-           Hostile("evil/deeper/planted.txt"),
-           Hostile("evil/made-dir", type="dir"),
-           Hostile("evil/link", type="symlink", target="/"))
+    tamper(
+        repo,
+        Hostile("evil/planted.txt"),
+        Hostile("evil/deeper/planted.txt"),
+        Hostile("evil/made-dir", type="dir"),
+        Hostile("evil/link", type="symlink", target="/"),
+    )
     result = restore(repo, "--overwrite")
     assert len(refused_lines(result)) == 4, result.err
     assert os.readlink(repo.dest / "evil") == str(repo.outside)
@@ -278,11 +310,13 @@ def test_existing_symlink_in_dest_is_replaced_not_followed(repo: Repo) -> None:
     repo.dest.mkdir(parents=True)
     for name in ("as-file", "as-dir", "as-link"):
         (repo.dest / name).symlink_to(victim)
-    tamper(repo,
-           Hostile("as-file"),
-           Hostile("as-dir", type="dir"),
-           Hostile("as-link", type="symlink", target="elsewhere"),
-           Hostile("../trigger.txt"))  # one refusal, so the restore reports it
+    tamper(
+        repo,
+        Hostile("as-file"),
+        Hostile("as-dir", type="dir"),
+        Hostile("as-link", type="symlink", target="elsewhere"),
+        Hostile("../trigger.txt"),
+    )  # one refusal, so the restore reports it
     restore(repo, "--overwrite")
     assert victim.read_text() == "untouched\n"
     assert (repo.dest / "as-file").read_text() == KEEP
@@ -310,11 +344,13 @@ def test_stale_temp_name_in_dest_is_not_written_through(repo: Repo) -> None:
 
 
 def test_file_under_a_file_entry_is_refused(repo: Repo) -> None:
-    tamper(repo,
-           Hostile("f"),
-           Hostile("f/child.txt"),
-           Hostile("f/child-dir", type="dir"),
-           Hostile("f/child-link", type="symlink", target="/"))
+    tamper(
+        repo,
+        Hostile("f"),
+        Hostile("f/child.txt"),
+        Hostile("f/child-dir", type="dir"),
+        Hostile("f/child-link", type="symlink", target="/"),
+    )
     result = restore(repo)
     assert len(refused_lines(result)) == 3, result.err
     assert (repo.dest / "f").read_text() == KEEP
@@ -331,16 +367,18 @@ def test_file_under_an_existing_file_in_dest_is_refused(repo: Repo) -> None:
 
 def test_all_hostile_entries_at_once(repo: Repo) -> None:
     """One restore meeting every kind of hostile entry still restores the real files."""
-    tamper(repo,
-           Hostile("../../escape.txt"),
-           Hostile("a/../../escape.txt"),
-           Hostile(str(repo.outside / "escape.txt")),
-           Hostile("a//b"),
-           Hostile("./c"),
-           Hostile("evil", type="symlink", target=str(repo.outside)),
-           Hostile("evil/planted.txt"),
-           Hostile("f"),
-           Hostile("f/child.txt"))
+    tamper(
+        repo,
+        Hostile("../../escape.txt"),
+        Hostile("a/../../escape.txt"),
+        Hostile(str(repo.outside / "escape.txt")),
+        Hostile("a//b"),
+        Hostile("./c"),
+        Hostile("evil", type="symlink", target=str(repo.outside)),
+        Hostile("evil/planted.txt"),
+        Hostile("f"),
+        Hostile("f/child.txt"),
+    )
     result = restore(repo)
     assert len(refused_lines(result)) == 7, result.err
     assert "7 refused" in result.err
