@@ -60,7 +60,7 @@ class State:
 
     def server_tables(self) -> frozenset[str]:
         tables = set()
-        for offers in self.plugins.registry["server"].values():
+        for offers in self.plugins.of_kind("server").values():
             tables.update(p.cls.config_table for p in offers if p.cls.config_table)
         return frozenset(tables)
 

@@ -155,14 +155,21 @@ class PluginManager:
     @property
     def registry(self) -> dict[str, dict[str, list[Provided]]]:
         """kind -> normalized name -> every class offering that name (conflicts kept)."""
+        return {key: self.of_kind(key) for key in KINDS}
+
+    def of_kind(self, key: str) -> dict[str, list[Provided]]:
+        """One kind's registry, collected on first use: asking which servers exist must not
+        import every chunker and key provider."""
         if self._registry is None:
-            self._registry = {key: {} for key in KINDS}
-            for kind in KINDS.values():
-                for provided in self._collect(kind):
-                    names = {provided.name, *getattr(provided.cls, "aliases", ())}
-                    for alias in {normalize(n) for n in names}:
-                        self._registry[kind.key].setdefault(alias, []).append(provided)
-        return self._registry
+            self._registry = {}
+        if key not in self._registry:
+            found: dict[str, list[Provided]] = {}
+            for provided in self._collect(KINDS[key]):
+                names = {provided.name, *getattr(provided.cls, "aliases", ())}
+                for alias in {normalize(n) for n in names}:
+                    found.setdefault(alias, []).append(provided)
+            self._registry[key] = found
+        return self._registry[key]
 
     def _collect(self, kind: Kind) -> Iterable[Provided]:
         """Call each plugin's hook separately so every class is tied to its distribution."""
@@ -192,14 +199,14 @@ class PluginManager:
 
     def available(self, kind: str) -> list[str]:
         """Primary names of every installed class of a kind, sorted."""
-        names = {p.name for offers in self.registry[kind].values() for p in offers}
+        names = {p.name for offers in self.of_kind(kind).values() for p in offers}
         return sorted(names, key=str.lower)
 
     def get(self, kind: str, type_name: str) -> type:
         """Resolve a user-written type name to its class, with DESIGN.md's error messages."""
         info = KINDS[kind]
         key = normalize(type_name)
-        offers = self.registry[kind].get(key, [])
+        offers = self.of_kind(kind).get(key, [])
         unique = {p.cls: p for p in offers}
         if len(unique) > 1:
             who = ", ".join(f"{p.distribution} ({p.cls.__module__}.{p.cls.__qualname__})"
