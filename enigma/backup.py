@@ -36,6 +36,9 @@ CHUNK_BATCH = 1000
 FLUSH_SECONDS = 1.0
 #: Files up to this size are read whole and cut in memory (no per-file stream buffer).
 WHOLE_FILE_LIMIT = 32 * 1024 * 1024
+#: Single-chunk files are handed to the pipeline in groups of this many files or bytes.
+SMALL_GROUP_FILES = 64
+SMALL_GROUP_BYTES = 4 * 1024 * 1024
 READ_BLOCK = 1 << 20
 
 
@@ -119,6 +122,8 @@ class _Backup:
         self.stats = BackupStats()
         self.problems: list[str] = []
         self.in_flight: deque[_Pending] = deque()
+        self.small: list[tuple[FileEntry, bytes]] = []  # single-chunk files not yet queued
+        self.small_bytes = 0
         self.loose: list[Future[StoredChunk]] = []  # chunks of files that failed mid-read
         self.ready_files: list[FileEntry] = []
         self.ready_chunks: list[ChunkRecord] = []
@@ -149,8 +154,20 @@ class _Backup:
                 self.stats.bytes_stored += record.stored_size
                 self.stats.bytes_uploaded += record.stored_size * len(record.providers)
 
+    def queue_small(self) -> None:
+        """Hand the waiting single-chunk files to the pipeline as one group."""
+        if not self.small:
+            return
+        futures = self.uploader.submit_many([data for _entry, data in self.small])
+        for (entry, _data), future in zip(self.small, futures, strict=True):
+            self.in_flight.append(_Pending(entry, [future]))
+        self.small = []
+        self.small_bytes = 0
+
     def drain(self, *, wait: bool = False) -> None:
         """Move finished files (in order) to the manifest batch; flush when it is due."""
+        if wait:
+            self.queue_small()
         done_loose = [f for f in self.loose if wait or f.done()]
         if done_loose:
             self._take_records(done_loose)
@@ -182,6 +199,7 @@ class _Backup:
 
     def salvage(self) -> None:
         """After a failure: record every chunk that did get stored, so a re-run reuses it."""
+        self.small = []
         futures = self.loose + [f for p in self.in_flight for f in p.futures]
         for future in futures:
             if future.done() and not future.cancelled() and future.exception() is None:
@@ -281,8 +299,18 @@ class _Backup:
         refs: list[ChunkRef] = []
         futures: list[Future[StoredChunk]] = []
         offset = 0
+        small = 0 < st.st_size <= self.chunker.single_chunk_limit
+        if not small:
+            self.queue_small()  # keep files in order
         try:
             with handle:
+                if small:
+                    data = handle.read()
+                    if len(data) <= self.chunker.single_chunk_limit:
+                        self.small_file(data, cached is None, base)
+                        return
+                    handle.seek(0)  # it grew meanwhile: chunk it like any other file
+                    self.queue_small()
                 for piece in self.pieces(handle, st.st_size):
                     future = self.uploader.submit(piece)
                     futures.append(future)
@@ -303,6 +331,21 @@ class _Backup:
         self.stats.chunks += len(refs)
         entry = FileEntry(type="file", size=offset, chunks=refs, **base)
         self.in_flight.append(_Pending(entry, futures))
+
+    def small_file(self, data: bytes, new: bool, base: dict) -> None:
+        """A file that is one chunk: queue it with others like it."""
+        self.stats.files += 1
+        self.stats.files_new += new
+        self.stats.files_changed += not new
+        self.stats.bytes_total += len(data)
+        self.stats.bytes_read += len(data)
+        self.stats.chunks += 1
+        entry = FileEntry(type="file", size=len(data), chunks=[ChunkRef(b"", 0, len(data))],
+                          **base)
+        self.small.append((entry, data))
+        self.small_bytes += len(data)
+        if len(self.small) >= SMALL_GROUP_FILES or self.small_bytes >= SMALL_GROUP_BYTES:
+            self.queue_small()
 
     def pieces(self, handle: BinaryIO, size: int) -> Iterator[bytes | memoryview]:
         """The file's chunks, each safe to keep until its upload is done.

@@ -834,6 +834,12 @@ class Manifest:
             found.update(bytes(r[0]) for r in rows)
         return found
 
+    def iter_chunk_ids(self) -> Iterator[bytes]:
+        """Every chunk id, streamed (the backup's dedup prefilter is built from them)."""
+        with self._reader() as conn:
+            for (chunk_id,) in conn.execute("SELECT id FROM chunks"):
+                yield bytes(chunk_id)
+
     def iter_chunks(self) -> Iterator[ChunkRecord]:
         """Every chunk in id order, streamed (verify and gc walk the whole repository)."""
         with self._reader() as conn:

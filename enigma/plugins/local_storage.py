@@ -97,6 +97,7 @@ class LocalStorage(StorageProvider):
         if fsync not in ("always", "batch"):
             raise ConfigError("Local storage 'fsync' must be \"always\" or \"batch\"")
         self.fsync_each = fsync == "always"
+        self._known_dirs: set[str] = set()
 
     def __repr__(self) -> str:
         return f"LocalStorage(path={self.root!r})"
@@ -128,7 +129,8 @@ class LocalStorage(StorageProvider):
         The root itself is never created here (``create_bucket`` does that): if a NAS is
         not mounted, writing into the bare mount point would fill the local disk instead.
         """
-        if os.path.isdir(directory):
+        if directory in self._known_dirs or os.path.isdir(directory):
+            self._known_dirs.add(directory)  # never removed by us: cache the answer
             return
         missing: list[str] = []
         current = directory
@@ -159,7 +161,14 @@ class LocalStorage(StorageProvider):
         directory = os.path.dirname(path)
         try:
             self._ensure_dir(directory)
-            fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=directory)
+            tmp = os.path.join(directory, TMP_PREFIX + os.urandom(8).hex())
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+            try:
+                fd = os.open(tmp, flags, 0o600)
+            except FileNotFoundError:  # the directory went away behind our cache
+                self._known_dirs.discard(directory)
+                self._ensure_dir(directory)
+                fd = os.open(tmp, flags, 0o600)
         except OSError as exc:
             raise self._error("cannot write", key, exc) from exc
         done = False
