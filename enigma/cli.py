@@ -145,6 +145,7 @@ def init(state: State) -> None:
     else:
         repo.create_keys()
         click.echo(f"created keys with key provider '{provider.name}'", err=True)
+    repo.chunker, repo.compressor, repo.distribution  # noqa: B018 - config errors now
     repo.manifest  # noqa: B018 - creates and migrates the manifest
     click.echo(f"manifest {repo.config.db_path}", err=True)
     for label, storage in repo.providers.items():
