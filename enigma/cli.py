@@ -140,7 +140,7 @@ def init(state: State) -> None:
     provider = repo.key_provider
     if provider.exists():
         keys = repo.keys
-        click.echo(f"keystore exists and unlocks (key versions: {sorted(keys.data_keys)})",
+        click.echo(f"keys exist and unlock (key versions: {sorted(keys.data_keys)})",
                    err=True)
     else:
         repo.create_keys()

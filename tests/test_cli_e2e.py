@@ -116,7 +116,7 @@ def test_init_layout_modes_and_rerun(tmp_path: Path) -> None:
     for name in ("enigma.toml", "keystore.enc", "manifest.db"):
         assert stat.S_IMODE((config_dir / name).stat().st_mode) == 0o600, name
     again = enigma.ok("init")
-    assert "keystore exists and unlocks" in again.err
+    assert "keys exist and unlock" in again.err
     assert_clean_error(enigma("init", passphrase="wrong"), "wrong passphrase")
 
 
