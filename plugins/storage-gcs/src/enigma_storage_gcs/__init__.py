@@ -1,0 +1,1 @@
+"""Enigma storage plugin (see README.md)."""
