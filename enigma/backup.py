@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
@@ -104,6 +105,22 @@ class _Pending:
 
     entry: FileEntry
     futures: list[Future[StoredChunk]]
+    small: bool = False  # read by a worker (see ``read_small_file``)
+    new: bool = True
+
+
+class FileGrew(OSError):
+    """A "small" file outgrew one chunk while it was being backed up."""
+
+
+def read_small_file(path: str, limit: int) -> bytes:
+    """Read a file expected to be one chunk (runs on a pipeline worker)."""
+    with open(path, "rb", buffering=0) as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise FileGrew(0, "file grew past one chunk while being read; it will be "
+                          "backed up next time")
+    return data
 
 
 class _Backup:
@@ -122,7 +139,7 @@ class _Backup:
         self.stats = BackupStats()
         self.problems: list[str] = []
         self.in_flight: deque[_Pending] = deque()
-        self.small: list[tuple[FileEntry, bytes]] = []  # single-chunk files not yet queued
+        self.small: list[tuple[FileEntry, str, bool]] = []  # single-chunk files, not queued
         self.small_bytes = 0
         self.loose: list[Future[StoredChunk]] = []  # chunks of files that failed mid-read
         self.ready_files: list[FileEntry] = []
@@ -158,9 +175,12 @@ class _Backup:
         """Hand the waiting single-chunk files to the pipeline as one group."""
         if not self.small:
             return
-        futures = self.uploader.submit_many([data for _entry, data in self.small])
-        for (entry, _data), future in zip(self.small, futures, strict=True):
-            self.in_flight.append(_Pending(entry, [future]))
+        limit = self.chunker.single_chunk_limit
+        futures = self.uploader.submit_many(
+            [partial(read_small_file, path, limit) for _entry, path, _new in self.small],
+            [entry.size for entry, _path, _new in self.small])
+        for (entry, _path, new), future in zip(self.small, futures, strict=True):
+            self.in_flight.append(_Pending(entry, [future], small=True, new=new))
         self.small = []
         self.small_bytes = 0
 
@@ -174,6 +194,8 @@ class _Backup:
             self.loose = [f for f in self.loose if f not in done_loose]
         while self.in_flight and (wait or all(f.done() for f in self.in_flight[0].futures)):
             pending = self.in_flight.popleft()
+            if pending.small and not self._small_file_read(pending):
+                continue
             self._take_records(pending.futures)
             for ref, future in zip(pending.entry.chunks, pending.futures, strict=True):
                 ref.chunk_id = future.result().chunk_id
@@ -181,6 +203,31 @@ class _Backup:
         if (len(self.ready_files) >= FILE_BATCH or len(self.ready_chunks) >= CHUNK_BATCH
                 or time.monotonic() - self.last_flush >= FLUSH_SECONDS):
             self.flush()
+
+    def _small_file_read(self, pending: _Pending) -> bool:
+        """Account for a small file read on a worker; False if reading it failed."""
+        entry, (future,) = pending.entry, pending.futures
+        error = future.exception()
+        if isinstance(error, OSError):
+            self.stats.files -= 1
+            self.stats.files_new -= 1 if pending.new else 0
+            self.stats.files_changed -= 0 if pending.new else 1
+            self.stats.bytes_total -= entry.size
+            self.stats.bytes_read -= entry.size
+            self.stats.chunks -= 1
+            if isinstance(error, FileNotFoundError):
+                self.note("warning", "vanished", entry.path, "vanished before it was read")
+            else:
+                self.note("error", "unreadable", entry.path,
+                          f"read failed: {error.strerror or error}")
+            return False
+        if error is None:
+            size = future.result().size  # the file may have changed since it was listed
+            delta = size - entry.size
+            self.stats.bytes_total += delta
+            self.stats.bytes_read += delta
+            entry.size = entry.chunks[0].length = size
+        return True
 
     def flush(self) -> None:
         """Make chunks durable, record them, then the files that use them, then the log."""
@@ -288,6 +335,9 @@ class _Backup:
             self.ready_files.append(FileEntry(type="file", size=cached.size,
                                               chunks=cached.chunks, **base))
             return
+        if 0 < st.st_size <= self.chunker.single_chunk_limit:
+            self.small_file(str(path), st.st_size, cached is None, base)
+            return
         try:
             handle = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
         except FileNotFoundError:
@@ -299,18 +349,9 @@ class _Backup:
         refs: list[ChunkRef] = []
         futures: list[Future[StoredChunk]] = []
         offset = 0
-        small = 0 < st.st_size <= self.chunker.single_chunk_limit
-        if not small:
-            self.queue_small()  # keep files in order
+        self.queue_small()  # keep files in order
         try:
             with handle:
-                if small:
-                    data = handle.read()
-                    if len(data) <= self.chunker.single_chunk_limit:
-                        self.small_file(data, cached is None, base)
-                        return
-                    handle.seek(0)  # it grew meanwhile: chunk it like any other file
-                    self.queue_small()
                 for piece in self.pieces(handle, st.st_size):
                     future = self.uploader.submit(piece)
                     futures.append(future)
@@ -332,18 +373,17 @@ class _Backup:
         entry = FileEntry(type="file", size=offset, chunks=refs, **base)
         self.in_flight.append(_Pending(entry, futures))
 
-    def small_file(self, data: bytes, new: bool, base: dict) -> None:
-        """A file that is one chunk: queue it with others like it."""
+    def small_file(self, path: str, size: int, new: bool, base: dict) -> None:
+        """A file that is one chunk: queue it with others like it; a worker reads it."""
         self.stats.files += 1
         self.stats.files_new += new
         self.stats.files_changed += not new
-        self.stats.bytes_total += len(data)
-        self.stats.bytes_read += len(data)
+        self.stats.bytes_total += size
+        self.stats.bytes_read += size
         self.stats.chunks += 1
-        entry = FileEntry(type="file", size=len(data), chunks=[ChunkRef(b"", 0, len(data))],
-                          **base)
-        self.small.append((entry, data))
-        self.small_bytes += len(data)
+        entry = FileEntry(type="file", size=size, chunks=[ChunkRef(b"", 0, size)], **base)
+        self.small.append((entry, path, new))
+        self.small_bytes += size
         if len(self.small) >= SMALL_GROUP_FILES or self.small_bytes >= SMALL_GROUP_BYTES:
             self.queue_small()
 

@@ -6,17 +6,24 @@ restore, verify and (later) the S3 gateway.
 
 from __future__ import annotations
 
+import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from enigma import crypto
 from enigma.errors import IntegrityError, ObjectNotFound, StorageError, TransientStorageError
 from enigma.manifest import ChunkRecord
 from enigma.repository import Repository
 
-#: Retries of a transient storage failure before giving up (issue 4 makes this tunable).
-RETRIES = 4
+T = TypeVar("T")
+
+#: Seconds a transient storage failure is retried before the operation gives up
+#: (``ENIGMA_RETRY_SECONDS`` overrides); each wait is at most MAX_BACKOFF.
+DEFAULT_RETRY_SECONDS = 30.0
+MAX_BACKOFF = 5.0
 #: Keep compression only if it saves at least this fraction (else store raw, read faster).
 MIN_SAVING = 0.02
 
@@ -38,20 +45,36 @@ def chunk_id_from_key(key: str) -> bytes | None:
         return None
 
 
-def with_retries(what: str, action, *args):
-    """Run a storage call, retrying transient failures with exponential backoff and jitter."""
-    for attempt in range(RETRIES + 1):
+def retry_seconds() -> float:
+    """How long a transient failure is retried: ``ENIGMA_RETRY_SECONDS``, default 30 s."""
+    try:
+        return max(0.0, float(os.environ.get("ENIGMA_RETRY_SECONDS", DEFAULT_RETRY_SECONDS)))
+    except ValueError:
+        return DEFAULT_RETRY_SECONDS
+
+
+def with_retries(what: str, action: Callable[..., T], *args: Any) -> T:
+    """Run a storage call, retrying transient failures with exponential backoff and full
+    jitter until the retry budget is spent; permanent failures stop at once. Either way the
+    error names ``what`` (e.g. the provider) in one line."""
+    budget = retry_seconds()
+    started = time.monotonic()
+    attempt = 0
+    while True:
         try:
             return action(*args)
         except ObjectNotFound:
             raise
         except TransientStorageError as exc:
-            if attempt == RETRIES:
-                raise StorageError(f"{what}: {exc} (gave up after {RETRIES + 1} tries)") from exc
-            time.sleep(min(2.0, 0.05 * 2 ** attempt) * (0.5 + random.random()))
+            attempt += 1
+            delay = random.uniform(0, min(MAX_BACKOFF, 0.1 * 2 ** attempt))
+            elapsed = time.monotonic() - started
+            if elapsed + delay > budget:
+                raise StorageError(f"{what}: {exc} (gave up after {attempt} tries in "
+                                   f"{elapsed:.1f} s)") from exc
+            time.sleep(delay)
         except StorageError as exc:
             raise StorageError(f"{what}: {exc}") from exc
-    raise AssertionError("unreachable")
 
 
 @dataclass

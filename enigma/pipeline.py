@@ -66,6 +66,10 @@ class ByteBudget:
             self._cond.notify_all()
 
 
+#: A chunk's bytes, or a callable that produces them on a worker thread.
+Chunkish = bytes | memoryview | Callable[[], bytes]
+
+
 class KnownChunks:
     """A compact prefilter over the ids the manifest holds: 8 bytes per chunk, sorted.
 
@@ -132,10 +136,16 @@ class ChunkUploader:
         """Queue one chunk; see ``submit_many``."""
         return self.submit_many([data])[0]
 
-    def submit_many(self, items: list[bytes | memoryview]) -> list[Future[StoredChunk]]:
-        """Queue chunks as one group (blocks while the byte budget is spent); the caller
-        keeps each item unchanged until its future is done."""
-        total = sum(len(d) for d in items)
+    def submit_many(self, items: list[Chunkish], sizes: list[int] | None = None
+                    ) -> list[Future[StoredChunk]]:
+        """Queue chunks as one group (blocks while the byte budget is spent).
+
+        An item is the chunk's bytes (kept unchanged by the caller until its future is
+        done) or a loader returning them, run on a worker: small files are then opened and
+        read in parallel, off the thread that walks the tree. A loader's ``OSError`` ends
+        up in its future. ``sizes`` (for loaders) feeds the memory budget.
+        """
+        total = sum(sizes) if sizes is not None else sum(len(d) for d in items)  # type: ignore[arg-type]
         self.budget.acquire(total)
         futures: list[Future[StoredChunk]] = [Future() for _ in items]
         left = [len(items)]
@@ -166,11 +176,11 @@ class ChunkUploader:
             earlier = self._inflight.setdefault(chunk_id, result)
         return earlier is result, None if earlier is result else earlier
 
-    def _process(self, items: list[bytes | memoryview],
-                 futures: list[Future[StoredChunk]]) -> None:
+    def _process(self, items: list[Chunkish], futures: list[Future[StoredChunk]]) -> None:
         groups: dict[str, list[tuple[str, bytes, _Completion]]] = {}
-        for data, result in zip(items, futures, strict=True):
+        for item, result in zip(items, futures, strict=True):
             try:
+                data = item() if callable(item) else item
                 chunk_id = self.store.identify(data)
                 fresh, earlier = self._claim(chunk_id, result)
                 if not fresh:

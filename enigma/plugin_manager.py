@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from enigma.interfaces import (
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "enigma"
+LOAD_PLUGINS_ENV = "ENIGMA_LOAD_PLUGINS"
 CORE_DISTRIBUTION = "enigma"
 
 
@@ -130,11 +132,20 @@ class PluginManager:
         self._registry = None
 
     def load_entrypoints(self) -> None:
-        """Import every ``enigma`` entry point; record third-party failures, raise for ours."""
+        """Import every ``enigma`` entry point; record third-party failures, raise for ours.
+
+        ``ENIGMA_LOAD_PLUGINS`` (comma-separated distribution names, like llm's
+        ``LLM_LOAD_PLUGINS``) limits which third-party plugins load; set to "" it loads
+        only the built-ins: a quick way to rule a plugin out, or to see a core-only install.
+        """
+        chosen = os.environ.get(LOAD_PLUGINS_ENV)
+        allowed = None if chosen is None else {n.strip() for n in chosen.split(",") if n.strip()}
         for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
             dist = ep.dist.name if ep.dist else ep.name
             version = ep.dist.version if ep.dist else ""
             if self.pm.has_plugin(ep.name):
+                continue
+            if allowed is not None and dist != CORE_DISTRIBUTION and ep.name not in allowed:
                 continue
             try:
                 module = ep.load()

@@ -34,6 +34,8 @@ class Enigma:
                  env: dict[str, str] | None = None, unprivileged: bool = False,
                  timeout: float = 300) -> Result:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("ENIGMA_")}
+        # A dead server should fail a test in seconds, not after the 30 s retry budget.
+        full_env["ENIGMA_RETRY_SECONDS"] = "3"
         chosen = passphrase if passphrase is not None else self.passphrase
         if chosen is not None:
             full_env["ENIGMA_PASSPHRASE"] = chosen

@@ -123,3 +123,39 @@ def test_storage_failure_leaves_only_stored_chunks_in_the_manifest(tmp_path: Pat
     result = run_backup(repo, [source])
     assert result.status == "complete"
     assert result.stats.chunks_new == result.stats.chunks - len(recorded)
+
+
+def test_transient_failures_are_retried_within_the_budget(monkeypatch) -> None:
+    from enigma.chunkstore import with_retries
+    from enigma.errors import TransientStorageError
+
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise TransientStorageError("503 slow down")
+        return "ok"
+
+    monkeypatch.setenv("ENIGMA_RETRY_SECONDS", "10")
+    assert with_retries("storing on provider 'p'", flaky) == "ok" and len(calls) == 3
+
+    def dead():
+        raise TransientStorageError("connection refused")
+
+    monkeypatch.setenv("ENIGMA_RETRY_SECONDS", "0.5")
+    import time
+
+    start = time.monotonic()
+    with pytest.raises(StorageError, match=r"provider 'p': connection refused \(gave up after"):
+        with_retries("provider 'p'", dead)
+    assert time.monotonic() - start < 1.5
+
+    def denied():
+        calls.append(1)
+        raise StorageError("access denied")
+
+    calls.clear()
+    with pytest.raises(StorageError, match="provider 'p': access denied"):
+        with_retries("provider 'p'", denied)
+    assert len(calls) == 1  # permanent: no retry

@@ -1,0 +1,1 @@
+"""Enigma storage plugin for Amazon S3 and S3-compatible servers (boto3)."""
