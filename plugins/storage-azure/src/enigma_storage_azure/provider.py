@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import io
 import os
 import re
 import threading
@@ -31,6 +30,7 @@ from enigma.errors import (
     TransientStorageError,
 )
 from enigma.interfaces import StorageProvider
+from enigma.streams import range_stream
 
 if TYPE_CHECKING:
     from azure.storage.blob import BlobClient, BlobServiceClient, ContainerClient
@@ -136,30 +136,6 @@ def _network_reason(exc: BaseException) -> str:
 def _error_code(exc: BaseException) -> str:
     code = getattr(exc, "error_code", None)
     return str(getattr(code, "value", code) or "")
-
-
-class _RangeReader(io.RawIOBase):
-    """A blob read in ranges on demand: memory stays at one range, whatever the size."""
-
-    def __init__(self, size: int, fetch: Callable[[int, int], bytes]) -> None:
-        self._size = size
-        self._pos = 0
-        self._fetch = fetch
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        n = min(len(view), self._size - self._pos, STREAM_READ_SIZE)
-        if n <= 0:
-            return 0
-        data = self._fetch(self._pos, n)
-        if not data:
-            raise TransientStorageError("object shrank while it was being read")
-        view[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
 
 
 class _ReadOnly:
@@ -489,7 +465,7 @@ class AzureStorage(StorageProvider):
                 offset=offset, length=length, max_concurrency=1, etag=etag,
                 match_condition=MatchConditions.IfNotModified).readall())
 
-        return io.BufferedReader(_RangeReader(props.size, fetch), STREAM_READ_SIZE)
+        return range_stream(props.size, fetch, STREAM_READ_SIZE)
 
     def exists(self, key: str) -> bool:
         blob = self._blob(key)

@@ -35,6 +35,7 @@ from enigma.errors import (
     TransientStorageError,
 )
 from enigma.interfaces import StorageProvider
+from enigma.streams import range_stream
 
 if TYPE_CHECKING:
     from google.cloud.storage import Blob, Bucket, Client
@@ -148,30 +149,6 @@ def _load_key(info: Any, source: str) -> tuple[Any, str | None]:
     raise ConfigError(f"Gcs storage {source}: unsupported credential type {kind!r} (use a "
                       "service_account or authorized_user key; other kinds work through "
                       "GOOGLE_APPLICATION_CREDENTIALS)")
-
-
-class _RangeReader(io.RawIOBase):
-    """An object read in ranges on demand: memory stays at one range, whatever the size."""
-
-    def __init__(self, size: int, fetch: Callable[[int, int], bytes]) -> None:
-        self._size = size
-        self._pos = 0
-        self._fetch = fetch
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        n = min(len(view), self._size - self._pos, STREAM_READ_SIZE)
-        if n <= 0:
-            return 0
-        data = self._fetch(self._pos, n)
-        if not data:
-            raise TransientStorageError("object shrank while it was being read")
-        view[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
 
 
 class _UploadStream:
@@ -562,7 +539,7 @@ class GcsStorage(StorageProvider):
                 raise TransientStorageError(f"{self.where}: object {key} changed while it "
                                             "was being read") from exc
 
-        return io.BufferedReader(_RangeReader(blob.size or 0, fetch), STREAM_READ_SIZE)
+        return range_stream(blob.size or 0, fetch, STREAM_READ_SIZE)
 
     def exists(self, key: str) -> bool:
         blob = self._blob(key)
