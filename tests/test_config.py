@@ -128,3 +128,16 @@ def test_passphrase_is_prompted_on_a_terminal(tmp_path: Path) -> None:
     assert code == 0 and "1  (current)" in out, out
     code, out = run("key", "list", answers=["wrong one"])
     assert code == 1 and "wrong passphrase" in out, out
+
+
+def test_passphrase_option_beats_the_environment(tmp_path: Path) -> None:
+    """--passphrase works on its own, and wins over ENIGMA_PASSPHRASE."""
+    from helpers import Enigma
+
+    runner = Enigma(tmp_path / "config", passphrase=None)
+    runner.ok("--passphrase", "from the flag", "init")
+    assert "1  (current)" in runner.ok("--passphrase", "from the flag", "key", "list").out
+    wrong_env = runner("--passphrase", "from the flag", "key", "list",
+                       env={"ENIGMA_PASSPHRASE": "something else"})
+    assert wrong_env.code == 0, wrong_env.err
+    assert runner("key", "list", env={"ENIGMA_PASSPHRASE": "something else"}).code == 1
