@@ -26,6 +26,8 @@ DEFAULT_RETRY_SECONDS = 30.0
 MAX_BACKOFF = 5.0
 #: Keep compression only if it saves at least this fraction (else store raw, read faster).
 MIN_SAVING = 0.02
+#: Bytes of a large chunk test-compressed to decide whether compressing it pays.
+SAMPLE = 64 * 1024
 
 
 def chunk_key(chunk_id: bytes) -> str:
@@ -104,7 +106,7 @@ class ChunkStore:
     def seal(self, chunk_id: bytes, data: bytes | memoryview) -> tuple[ChunkRecord, bytes]:
         """Compress (when it pays), encrypt, and choose the providers for a new chunk."""
         payload, compression = data, ""
-        if self.compressor is not None:
+        if self.compressor is not None and self.worth_compressing(data):
             packed = self.compressor.compress(data)
             if len(packed) <= len(data) * (1 - MIN_SAVING):
                 payload, compression = packed, self.compressor.name
@@ -114,6 +116,14 @@ class ChunkStore:
                              compression=compression, key_id=self.sealer.current_key_id,
                              providers=tuple(targets), created_at=time.time())
         return record, sealed
+
+    def worth_compressing(self, data: bytes | memoryview) -> bool:
+        """Probe a large chunk's first 64 KiB: random or already-compressed data (media,
+        archives) skips the full compression it would not survive anyway."""
+        if len(data) < 4 * SAMPLE or self.compressor is None:
+            return True
+        sample = memoryview(data)[:SAMPLE]
+        return len(self.compressor.compress(sample)) <= SAMPLE * (1 - MIN_SAVING)
 
     def put(self, data: bytes | memoryview) -> StoredChunk:
         """Store one chunk synchronously unless the manifest has it (the simple path; bulk

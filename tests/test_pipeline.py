@@ -159,3 +159,23 @@ def test_transient_failures_are_retried_within_the_budget(monkeypatch) -> None:
     with pytest.raises(StorageError, match="provider 'p': access denied"):
         with_retries("provider 'p'", denied)
     assert len(calls) == 1  # permanent: no retry
+
+
+def test_incompressible_large_chunks_skip_full_compression(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, "compression = true")
+    store = ChunkStore(repo)
+    sizes: list[int] = []
+    real = repo.compressor.compress
+
+    def spy(data):
+        sizes.append(len(data))
+        return real(data)
+
+    repo.compressor.compress = spy  # type: ignore[method-assign]
+    noise = os.urandom(1 << 20)
+    record, _sealed = store.seal(store.identify(noise), noise)
+    assert record.compression == "" and sizes == [64 * 1024]  # only the probe ran
+    sizes.clear()
+    text = b"compressible text, over and over. " * 40_000
+    record, _sealed = store.seal(store.identify(text), text)
+    assert record.compression == "zstd" and sizes == [64 * 1024, len(text)]
