@@ -83,6 +83,9 @@ class StorageProvider(Plugin):
 
     #: The provider's name from ``[[providers]] name``; set by the core after construction.
     label: str = ""
+    #: Uploads the core runs at once against this provider: enough to hide a cloud's
+    #: latency; a local disk needs few (each extra thread only adds GIL hand-offs).
+    upload_concurrency: int = 8
 
     @abstractmethod
     def put(self, key: str, data: bytes | memoryview) -> None:

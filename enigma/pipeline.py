@@ -25,8 +25,6 @@ R = TypeVar("R")
 
 #: Bytes of plaintext in flight at once (each may briefly exist twice: plain and sealed).
 DEFAULT_BUDGET = 32 * 1024 * 1024
-#: Concurrent uploads per provider: enough to hide network latency, few enough to be polite.
-DEFAULT_UPLOAD_THREADS = 8
 
 
 def cpu_count() -> int:
@@ -119,16 +117,17 @@ class ChunkUploader:
     """
 
     def __init__(self, store: ChunkStore, *, workers: int | None = None,
-                 upload_threads: int = DEFAULT_UPLOAD_THREADS,
+                 upload_threads: int | None = None,
                  budget: int = DEFAULT_BUDGET) -> None:
         self.store = store
         self.manifest = store.manifest
         self.budget = ByteBudget(budget)
         self.known = KnownChunks(self.manifest.iter_chunk_ids())
         self.cpu = ThreadPoolExecutor(workers or cpu_count(), thread_name_prefix="enigma-cpu")
-        self.uploads = {label: ThreadPoolExecutor(upload_threads,
-                                                  thread_name_prefix=f"enigma-up-{label}")
-                        for label in store.providers}
+        self.uploads = {
+            label: ThreadPoolExecutor(upload_threads or provider.upload_concurrency,
+                                      thread_name_prefix=f"enigma-up-{label}")
+            for label, provider in store.providers.items()}
         self._inflight: dict[bytes, Future[StoredChunk]] = {}
         self._lock = threading.Lock()
 

@@ -72,6 +72,7 @@ class LocalStorage(StorageProvider):
 
     name = "local"
     description = "A local directory or mounted network share"
+    upload_concurrency = 2  # a disk gains nothing from more; threads only add GIL hand-offs
 
     def __init__(
         self,
