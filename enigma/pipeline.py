@@ -118,11 +118,14 @@ class ChunkUploader:
 
     def __init__(self, store: ChunkStore, *, workers: int | None = None,
                  upload_threads: int | None = None,
-                 budget: int = DEFAULT_BUDGET) -> None:
+                 budget: int = DEFAULT_BUDGET, prefilter: bool = True) -> None:
+        """``prefilter=False`` asks the manifest about every chunk instead of using a
+        snapshot of its ids taken now: right for a long-running server, whose snapshot
+        would go stale as backups and uploads add chunks."""
         self.store = store
         self.manifest = store.manifest
         self.budget = ByteBudget(budget)
-        self.known = KnownChunks(self.manifest.iter_chunk_ids())
+        self.known = KnownChunks(self.manifest.iter_chunk_ids()) if prefilter else None
         self.cpu = ThreadPoolExecutor(workers or cpu_count(), thread_name_prefix="enigma-cpu")
         self.uploads = {
             label: ThreadPoolExecutor(upload_threads or provider.upload_concurrency,
@@ -169,7 +172,8 @@ class ChunkUploader:
             earlier = self._inflight.get(chunk_id)
         if earlier is not None:
             return False, earlier
-        if self.known.might_have(chunk_id) and self.manifest.has_chunk(chunk_id):
+        if ((self.known is None or self.known.might_have(chunk_id))
+                and self.manifest.has_chunk(chunk_id)):
             return False, None
         with self._lock:
             earlier = self._inflight.setdefault(chunk_id, result)

@@ -33,13 +33,6 @@ READ_BUFFER = 1024 * 1024
 RECORD_WAIT = 60.0
 
 
-class _AskManifest:
-    """A prefilter that never rules a chunk out."""
-
-    def might_have(self, chunk_id: bytes) -> bool:
-        return True
-
-
 class ObjectStore:
     """The gateway's data path over one repository; every method is thread-safe."""
 
@@ -48,12 +41,9 @@ class ObjectStore:
         self.manifest = repo.manifest
         self.chunker = repo.chunker
         self.chunks = ChunkStore(repo)
-        self.uploader = ChunkUploader(self.chunks)
-        # The uploader's prefilter is a snapshot of the chunk ids at start-up: right for a
-        # backup run, stale for a server that lives for weeks while backups and its own
-        # PUTs add chunks. Ask the manifest instead (one indexed lookup per chunk), so a
-        # chunk stored after start-up is never sealed and uploaded again.
-        self.uploader.known = _AskManifest()  # type: ignore[assignment]
+        # No start-up snapshot of chunk ids: a server lives for weeks while backups and its
+        # own PUTs add chunks, so each chunk is looked up in the manifest instead.
+        self.uploader = ChunkUploader(self.chunks, prefilter=False)
         # Records stored by the uploader but not yet in the manifest. A PUT whose chunk
         # duplicates one still in flight for another request gets no record back; it takes
         # the record from here (add_chunks is idempotent) rather than waiting for the
