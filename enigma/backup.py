@@ -36,7 +36,7 @@ FILE_BATCH = 5000
 CHUNK_BATCH = 1000
 FLUSH_SECONDS = 1.0
 #: Files up to this size are read whole and cut in memory (no per-file stream buffer).
-WHOLE_FILE_LIMIT = 32 * 1024 * 1024
+WHOLE_FILE_LIMIT = 16 * 1024 * 1024
 #: Single-chunk files are handed to the pipeline in groups of this many files or bytes.
 SMALL_GROUP_FILES = 64
 SMALL_GROUP_BYTES = 4 * 1024 * 1024

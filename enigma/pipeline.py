@@ -24,7 +24,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 #: Bytes of plaintext in flight at once (each may briefly exist twice: plain and sealed).
-DEFAULT_BUDGET = 32 * 1024 * 1024
+DEFAULT_BUDGET = 24 * 1024 * 1024
 
 
 def cpu_count() -> int:
