@@ -53,7 +53,7 @@ def test_stream_cuts_equal_whole_buffer_cuts(params: dict[str, int]) -> None:
     rng = random.Random(len(params))
     sizes = [0, 1, 100, chunker.min_size, chunker.min_size + 1, chunker.avg_size,
              chunker.max_size, chunker.max_size + 1, 3 * chunker.max_size + 777,
-             max(20 * chunker.avg_size, 2 * MiB)]
+             max(5 * chunker.avg_size, 2 * MiB)]
     for size in sizes:
         data = rng.randbytes(size)
         expected = [bytes(c.data) for c in fastcdc.cut_buf(data)]

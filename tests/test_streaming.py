@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import random
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,25 +47,34 @@ def write_random(path: Path, size: int, seed: int) -> Path:
     return path
 
 
+#: Runs a command and writes its own peak RSS (KiB) and exit code to a file. On Linux a
+#: child's ``ru_maxrss`` starts at the RSS of the process it was forked from (exec keeps
+#: the old high-water mark), so spawning from pytest, whose RSS depends on the tests that
+#: ran before, would measure pytest; this ~10 MiB launcher is the floor instead.
+LAUNCHER = """\
+import os, sys
+result, argv = sys.argv[1], sys.argv[2:]
+pid = os.posix_spawnp(argv[0], argv, os.environ)
+_, status, usage = os.wait4(pid, 0)
+with open(result, "w") as f:
+    f.write(f"{usage.ru_maxrss} {os.waitstatus_to_exitcode(status)}")
+"""
+
+
 def peak_rss(enigma: Enigma, *args: str) -> tuple[int, str]:
     """Run ``enigma ARGS`` and return (peak RSS in bytes of that process alone, stdout)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENIGMA_")}
     env["ENIGMA_PASSPHRASE"] = PASSPHRASE
-    proc = subprocess.Popen(
-        [ENIGMA, "--config-dir", str(enigma.config_dir), *args],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+    result = enigma.config_dir.parent / "rusage.txt"
+    proc = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", LAUNCHER, str(result), ENIGMA, "--config-dir",
+         str(enigma.config_dir), *args],
+        env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False,
     )
-    # Outputs are a few lines, far below a pipe's buffer: safe to read after the wait.
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    out, err = proc.stdout.read().decode(), proc.stderr.read().decode()  # type: ignore[union-attr]
-    proc.stdout.close()  # type: ignore[union-attr]
-    proc.stderr.close()  # type: ignore[union-attr]
-    assert proc.returncode == 0, f"enigma {' '.join(args)} failed: {err}"
-    return usage.ru_maxrss * 1024, out  # Linux reports KiB
+    assert proc.returncode == 0, f"launcher failed: {proc.stderr}"
+    rss_kib, code = (int(field) for field in result.read_text().split())
+    assert code == 0, f"enigma {' '.join(args)} failed: {proc.stderr}"
+    return rss_kib * 1024, proc.stdout  # Linux reports KiB
 
 
 def round_trip(tmp_path: Path, name: str, size: int) -> tuple[int, int]:
