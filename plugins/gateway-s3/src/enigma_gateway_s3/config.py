@@ -1,4 +1,5 @@
-"""The ``[s3_proxy]`` table: address, key pairs, region, domain, TLS, upload expiry."""
+"""The ``[s3_proxy]`` table: address, key pairs, region, domain, TLS, upload expiry,
+metrics address."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from enigma.errors import ConfigError
 
 DEFAULT_LISTEN = "0.0.0.0:8333"
 DEFAULT_REGION = "us-east-1"
-KNOWN = ("listen_addr", "access_key", "secret_key", "default_region", "domain", "tls_cert",
-         "tls_key", "multipart_expiry", "keys")
+#: Keys whose value must be a string.
+STRINGS = ("listen_addr", "access_key", "secret_key", "default_region", "domain", "tls_cert",
+           "tls_key", "metrics_addr")
+KNOWN = (*STRINGS, "multipart_expiry", "keys")
 DEFAULT_EXPIRY = 7 * 24 * 3600
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -31,6 +34,8 @@ class GatewayOptions:
     tls_key: str = ""
     #: Seconds after which an unfinished multipart upload is discarded (0: never).
     multipart_expiry: float = DEFAULT_EXPIRY
+    #: (host, port) of the Prometheus ``/metrics`` endpoint; None: no endpoint.
+    metrics: tuple[str, int] | None = None
 
     @property
     def scheme(self) -> str:
@@ -45,14 +50,14 @@ def parse_options(options: dict[str, Any], where: Callable[[str | None], str],
     for key in options:
         if key not in KNOWN:
             raise ConfigError(f"{where(key)}: unknown key (known: {', '.join(KNOWN)})")
-    for key in KNOWN[:7]:
+    for key in STRINGS:
         if key in options and not isinstance(options[key], str):
             raise ConfigError(f"{where(key)}: must be a string")
-    listen = options.get("listen_addr", DEFAULT_LISTEN)
-    host, sep, port_text = listen.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ConfigError(f"{where('listen_addr')}: must be HOST:PORT, e.g. {DEFAULT_LISTEN}")
+    host, port = _address(options.get("listen_addr", DEFAULT_LISTEN),
+                          lambda: where("listen_addr"), DEFAULT_LISTEN)
+    metrics_addr = options.get("metrics_addr", "")  # empty or absent: no metrics endpoint
+    metrics = (_address(metrics_addr, lambda: where("metrics_addr"), "127.0.0.1:9333")
+               if metrics_addr else None)
     access = options.get("access_key", "")
     secret = options.get("secret_key", "")
     if not access or not secret:
@@ -93,8 +98,17 @@ def parse_options(options: dict[str, Any], where: Callable[[str | None], str],
                               f"{getattr(exc, 'strerror', None) or exc}") from None
     expiry = _duration(options.get("multipart_expiry", DEFAULT_EXPIRY),
                        lambda: where("multipart_expiry"))
-    return GatewayOptions(host, int(port_text), credentials, region, domains, cert, key,
-                          expiry)
+    return GatewayOptions(host, port, credentials, region, domains, cert, key, expiry,
+                          metrics)
+
+
+def _address(value: str, where: Callable[[], str], example: str) -> tuple[str, int]:
+    """(host, port) of "HOST:PORT" or "[IPv6]:PORT"; resolving waits for the bind."""
+    host, sep, port_text = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"{where()}: must be HOST:PORT, e.g. {example}")
+    return host, int(port_text)
 
 
 def _duration(value: Any, where: Callable[[], str]) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import sys
 from collections.abc import Callable
+from contextlib import ExitStack
 from typing import Any, ClassVar
 
 from enigma.errors import ConfigError
@@ -29,31 +30,44 @@ class S3Gateway(Server):
         config = repository.config
         parsed = parse_options(options, lambda key: config.where(self.config_table, key),
                                repository._reveal, config.resolve)
-        sock = _bind(parsed.host, parsed.port,
-                     lambda: config.where(self.config_table, "listen_addr"))
-        try:
+        with ExitStack() as cleanup:
+            # Both addresses are bound before the keys are unlocked: a taken port fails fast.
+            sock = _bind(parsed.host, parsed.port,
+                         lambda: config.where(self.config_table, "listen_addr"))
+            cleanup.callback(sock.close)
+            metrics = None
+            if parsed.metrics is not None:
+                from enigma_gateway_s3.metrics import MetricsServer, new_registry
+
+                registry = new_registry()
+                metrics = MetricsServer(registry, *parsed.metrics,
+                                        lambda: config.where(self.config_table, "metrics_addr"))
+                cleanup.callback(metrics.close)
             store = ObjectStore(repository)  # unlocks the keys: a bad passphrase stops here
-        except BaseException:
-            sock.close()
-            raise
-        sweeper = None
-        try:
-            app = S3App(store, parsed)
+            cleanup.callback(store.close)
+            app: Any = S3App(store, parsed)
+            if metrics is not None:
+                from enigma_gateway_s3.metrics import GatewayMetrics, RepositoryCollector
+
+                registry.register(RepositoryCollector(store.manifest, str(config.db_path)))
+                app = GatewayMetrics(registry, parsed.domains).wrap(app)
             sweeper = Sweeper(store.manifest, parsed.multipart_expiry)
             sweeper.start()
+            cleanup.callback(sweeper.stop)
             server = _Server(uvicorn.Config(
                 app, lifespan="on", access_log=False, log_level="warning",
                 timeout_graceful_shutdown=30, server_header=False, date_header=True,
                 ssl_certfile=parsed.tls_cert or None, ssl_keyfile=parsed.tls_key or None))
-            host = f"[{parsed.host}]" if ":" in parsed.host else parsed.host
-            print(f"enigma: S3 gateway listening on {parsed.scheme}://{host}:{parsed.port} "
-                  f"(region {parsed.region})", file=sys.stderr, flush=True)
+            print(f"enigma: S3 gateway listening on {parsed.scheme}://"
+                  f"{_url_host(parsed.host)}:{parsed.port} (region {parsed.region})"
+                  + (f", metrics on http://{_url_host(parsed.metrics[0])}:"
+                     f"{parsed.metrics[1]}/metrics" if parsed.metrics else ""),
+                  file=sys.stderr, flush=True)
             server.run(sockets=[sock])
-        finally:
-            if sweeper is not None:
-                sweeper.stop()
-            sock.close()
-            store.close()
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _bind(host: str, port: int, where: Callable[[], str]) -> socket.socket:
