@@ -17,7 +17,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from enigma.errors import ConfigError, IntegrityError, NotFoundError
+from enigma.errors import ConfigError, EnigmaError, IntegrityError, NotFoundError
 
 _T = TypeVar("_T")
 
@@ -388,12 +388,14 @@ class Manifest:
         "delete_bucket",
         "put_object",
         "delete_object",
+        "apply_batch",
     )
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
         self._lock = threading.RLock()
         self._closed = False
+        self._batching = False  # set only by apply_batch, which holds the lock
         if not os.path.exists(self.path):
             # Create it ourselves so it is born 0600: it lists every file name that was
             # backed up. SQLite gives the -wal and -shm files the same mode.
@@ -494,10 +496,18 @@ class Manifest:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One immediate transaction under the lock; any exception rolls it all back."""
+        """One immediate transaction under the lock; any exception rolls it all back.
+
+        Inside ``apply_batch`` (same thread: it holds the lock) an operation gets a
+        savepoint of the batch's transaction instead.
+        """
         with self._lock:
             self._check_open()
             conn = self._conn
+            if self._batching:
+                with self._savepoint(conn):
+                    yield conn
+                return
             if conn.in_transaction:
                 raise RuntimeError("manifest operations cannot be nested")
             conn.execute("BEGIN IMMEDIATE")
@@ -512,6 +522,21 @@ class Manifest:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+
+    @staticmethod
+    @contextmanager
+    def _savepoint(conn: sqlite3.Connection) -> Iterator[None]:
+        """One operation of a batch: undone alone when it fails."""
+        conn.execute("SAVEPOINT operation")
+        try:
+            yield
+        except BaseException as exc:
+            conn.execute("ROLLBACK TO operation")
+            conn.execute("RELEASE operation")
+            if isinstance(exc, sqlite3.IntegrityError):
+                raise IntegrityError(f"manifest constraint failed: {exc}") from exc
+            raise
+        conn.execute("RELEASE operation")
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -561,6 +586,34 @@ class Manifest:
         if op not in self.MUTATING_OPERATIONS:
             raise ValueError(f"unknown manifest operation {op!r}")
         return getattr(self, op)(*args, **kwargs)
+
+    def apply_batch(self, operations: list[tuple[str, list[Any]]]) -> list[EnigmaError | None]:
+        """Run several operations in one transaction: group commit for servers.
+
+        ``operations`` are ``(name, positional args)`` of ``MUTATING_OPERATIONS``. Each
+        runs in its own savepoint, so one that fails (a bucket deleted meanwhile, a
+        constraint) is undone alone and its error is returned in its slot while the rest
+        commit together, with one fsync instead of one each. Any other exception (disk
+        full, I/O) rolls the whole batch back and is raised. Being one call with plain
+        arguments, a batch replicates and replays like any single operation.
+        """
+        for name, _args in operations:
+            if name not in self.MUTATING_OPERATIONS or name == "apply_batch":
+                raise ValueError(f"unknown manifest operation {name!r} in a batch")
+        results: list[EnigmaError | None] = []
+        with self._write():
+            self._batching = True
+            try:
+                for name, args in operations:
+                    try:
+                        getattr(self, name)(*args)
+                    except EnigmaError as exc:
+                        results.append(exc)
+                    else:
+                        results.append(None)
+            finally:
+                self._batching = False
+        return results
 
     # -- helpers used inside transactions -----------------------------------------------
 

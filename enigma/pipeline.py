@@ -179,7 +179,20 @@ class ChunkUploader:
             earlier = self._inflight.setdefault(chunk_id, result)
         return earlier is result, None if earlier is result else earlier
 
-    def _process(self, items: list[Chunkish], futures: list[Future[StoredChunk]]) -> None:
+    def store_now(self, data: bytes | memoryview) -> StoredChunk:
+        """Store one small chunk on the calling thread, with the same dedup as ``submit``.
+
+        For a server's small objects the two thread hand-offs of ``submit`` (CPU pool,
+        then upload pool) cost more than identifying, sealing and writing 4 KiB; the
+        request's own worker thread does it here instead. A duplicate of a chunk still in
+        flight waits for it, as ``submit``'s future would.
+        """
+        result: Future[StoredChunk] = Future()
+        self._process([data], [result], inline=True)
+        return result.result()
+
+    def _process(self, items: list[Chunkish], futures: list[Future[StoredChunk]], *,
+                 inline: bool = False) -> None:
         groups: dict[str, list[tuple[str, bytes, _Completion]]] = {}
         for item, result in zip(items, futures, strict=True):
             try:
@@ -198,7 +211,10 @@ class ChunkUploader:
                 self._fail(result, exc)
         del items
         for label, group in groups.items():
-            self.uploads[label].submit(self._put_group, label, group)
+            if inline:
+                self._put_group(label, group)
+            else:
+                self.uploads[label].submit(self._put_group, label, group)
 
     def _put_group(self, label: str, group: list[tuple[str, bytes, _Completion]]) -> None:
         provider = self.store.providers[label]
@@ -235,6 +251,21 @@ class ChunkUploader:
                     del self._inflight[chunk_id]
         if not result.done():
             result.set_exception(exc)
+
+    def pending_record(self, chunk_id: bytes) -> ChunkRecord | None:
+        """The record of a chunk stored here but not yet ``recorded``, if there is one.
+
+        A caller whose chunk was a duplicate of one still in flight gets no record of its
+        own; with this it can record the chunk itself (``add_chunks`` is idempotent)
+        instead of waiting for the request that stored it. None means the chunk is not in
+        flight: it was recorded already, or never stored.
+        """
+        with self._lock:
+            future = self._inflight.get(chunk_id)
+        if future is None or not future.done() or future.cancelled() \
+                or future.exception() is not None:
+            return None
+        return future.result().record
 
     def recorded(self, ids: Iterable[bytes]) -> None:
         """The manifest now holds these chunks: dedup can rely on it from here on."""

@@ -549,6 +549,64 @@ def test_replaying_operations_gives_same_state(tmp_path: Path) -> None:
     assert dumps[0] == dumps[1]
 
 
+def test_batch_commits_together_and_isolates_failures(m: Manifest) -> None:
+    m.create_bucket(BucketRecord("bk", "me", 1.0))
+    results = m.apply("apply_batch", [
+        ("add_chunks", [[chunk(1), chunk(2)]]),
+        ("put_object", [obj("a", 1)]),
+        ("put_object", [obj("bad", 2, "missing")]),  # unknown chunk: undone alone
+        ("put_object", [obj("nobucket", 1, bucket="gone")]),
+        ("put_object", [obj("b", 1, 2)]),
+    ])
+    assert [type(r).__name__ if r else None for r in results] == [
+        None, None, "IntegrityError", "NotFoundError", None]
+    assert [o.key for o in m.list_objects("bk")] == ["a", "b"]
+    assert [refcount(m, 1), refcount(m, 2)] == [2, 1]
+    assert not m._batching and not m._conn.in_transaction
+    # plain operations work normally after a batch
+    m.delete_object("bk", "a")
+    assert refcount(m, 1) == 1
+
+
+def test_batch_is_one_transaction(m: Manifest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A non-manifest error rolls the whole batch back: nothing of it is visible."""
+    m.create_bucket(BucketRecord("bk", "me", 1.0))
+    m.add_chunks([chunk(1)])
+    calls = []
+    real = m.delete_object
+
+    def failing(bucket: str, key: str) -> None:
+        calls.append(key)
+        real(bucket, key)
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(m, "delete_object", failing)
+    with pytest.raises(OSError, match="disk on fire"):
+        m.apply_batch([("put_object", [obj("x", 1)]), ("delete_object", ["bk", "y"])])
+    assert calls == ["y"]
+    assert m.get_object("bk", "x") is None and refcount(m, 1) == 0
+    assert not m._batching and not m._conn.in_transaction
+
+
+def test_batch_refuses_unknown_and_nested_operations(m: Manifest) -> None:
+    for bad in ("apply_batch", "get_chunk", "close", "nonsense"):
+        with pytest.raises(ValueError, match="in a batch"):
+            m.apply_batch([("add_chunks", [[chunk(1)]]), (bad, [])])
+    assert m.get_chunk(cid(1)) is None  # validated before anything ran
+
+
+def test_batch_replays_to_the_same_state(tmp_path: Path) -> None:
+    batch = [("create_bucket", [BucketRecord("bk", "me", 1.0)]),
+             ("add_chunks", [[chunk(1)]]), ("put_object", [obj("k", 1)]),
+             ("put_object", [obj("x", "missing")])]
+    dumps = []
+    for name in ("one.db", "two.db"):
+        with Manifest(tmp_path / name) as db:
+            db.apply("apply_batch", batch)
+            dumps.append(list(db._conn.iterdump()))
+    assert dumps[0] == dumps[1]
+
+
 # -- scale and threads -----------------------------------------------------------------
 
 

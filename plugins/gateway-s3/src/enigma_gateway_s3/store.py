@@ -4,14 +4,14 @@ A PUT cuts the body with the repository's chunker as it streams in, hands each c
 the shared ``ChunkUploader`` (so it is deduplicated against CLI backups and other objects,
 compressed, sealed and distributed like any backup chunk), then follows the backup's
 order: make the chunks durable (``sync``), record them (``add_chunks``), tell the
-uploader (``recorded``), and only then write the object row that references them.
+uploader (``recorded``), and only then write the object row that references them; PUTs
+finishing together share that sync and transaction (``GroupCommit``).
 A GET fetches and opens the chunks a range needs, several ahead in parallel.
 """
 
 from __future__ import annotations
 
 import io
-import threading
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
@@ -22,15 +22,13 @@ from enigma.manifest import ChunkRecord, ChunkRef, ObjectRecord
 from enigma.pipeline import ChunkUploader, ordered_map
 from enigma.repository import Repository
 from enigma_gateway_s3.body import Payload
-from enigma_gateway_s3.errors import S3Error
+from enigma_gateway_s3.commit import GroupCommit
 
 #: Read-ahead of one GET (bytes of plaintext chunks fetched ahead of the client).
 GET_BUDGET = 16 * 1024 * 1024
 GET_WORKERS = 8
 #: Buffer between the request body and the chunker.
 READ_BUFFER = 1024 * 1024
-#: How long a PUT waits for a chunk another request is still recording.
-RECORD_WAIT = 60.0
 
 
 class ObjectStore:
@@ -44,27 +42,12 @@ class ObjectStore:
         # No start-up snapshot of chunk ids: a server lives for weeks while backups and its
         # own PUTs add chunks, so each chunk is looked up in the manifest instead.
         self.uploader = ChunkUploader(self.chunks, prefilter=False)
-        # Records stored by the uploader but not yet in the manifest. A PUT whose chunk
-        # duplicates one still in flight for another request gets no record back; it takes
-        # the record from here (add_chunks is idempotent) rather than waiting for the
-        # other request to finish.
-        self._pending: dict[bytes, ChunkRecord] = {}
-        self._cond = threading.Condition()
-        self._record_lock = threading.Lock()
+        self.committer = GroupCommit(self.uploader, self.manifest)
 
     def close(self) -> None:
         self.uploader.close()
 
     # -- PUT ---------------------------------------------------------------------------
-
-    def _note(self, future: Future[StoredChunk]) -> None:
-        if future.cancelled() or future.exception() is not None:
-            return
-        record = future.result().record
-        if record is not None:
-            with self._cond:
-                self._pending[record.id] = record
-                self._cond.notify_all()
 
     def put(self, bucket: str, key: str, body: Payload, content_type: str,
             metadata: dict[str, str]) -> ObjectRecord:
@@ -74,60 +57,60 @@ class ObjectStore:
         offset = 0
         error: BaseException | None = None
         try:
-            for piece in self.chunker.chunks(io.BufferedReader(body, READ_BUFFER)):
-                data = bytes(piece)
-                future = self.uploader.submit(data)
-                future.add_done_callback(self._note)
-                futures.append(future)
-                refs.append(ChunkRef(b"", offset, len(data)))
-                offset += len(data)
+            small = body.length is not None and body.length <= self.chunker.single_chunk_limit
+            for piece in self._pieces(body):
+                if small:  # one chunk: no thread hand-offs (see ChunkUploader.store_now)
+                    done: Future[StoredChunk] = Future()
+                    done.set_result(self.uploader.store_now(piece))
+                    futures.append(done)
+                else:
+                    futures.append(self.uploader.submit(piece))
+                refs.append(ChunkRef(b"", offset, len(piece)))
+                offset += len(piece)
             body.finish()
         except BaseException as exc:  # still record what was stored, then re-raise
-            error = exc
-        stored: list[bytes] = []
+            error = error or exc
+        stored: list[StoredChunk] = []
         for future in futures:
             try:
-                stored.append(future.result().chunk_id)
+                stored.append(future.result())
             except BaseException as exc:
                 error = error or exc
-        self._record(stored)
+        records = self._records_of(stored)
         if error is not None:
+            if records:  # stored chunks are recorded (refcount 0: gc reclaims them)
+                self.committer.commit(records, None)
             raise error
-        for ref, chunk_id in zip(refs, stored, strict=True):
-            ref.chunk_id = chunk_id
+        for ref, done in zip(refs, stored, strict=True):
+            ref.chunk_id = done.chunk_id
         record = ObjectRecord(bucket=bucket, key=key, size=offset, etag=body.etag,
                               created_at=time.time(), content_type=content_type,
                               metadata=metadata, chunks=refs)
-        self.manifest.put_object(record)
+        self.committer.commit(records, record)
         return record
 
-    def _record(self, ids: Iterable[bytes]) -> None:
-        """Make sure every chunk in ``ids`` is durable and in the manifest."""
-        wanted = set(ids)
-        if not wanted:
+    def _pieces(self, body: Payload) -> Iterator[bytes]:
+        """The body's chunks; a body announced small enough for one chunk skips the cutter."""
+        if body.length is not None and body.length <= self.chunker.single_chunk_limit:
+            data = body.readall()  # bounded: a body longer than announced raises
+            if data:
+                yield data
             return
-        deadline = time.monotonic() + RECORD_WAIT
-        with self._record_lock:
-            while True:
-                with self._cond:
-                    take = {i: self._pending[i] for i in wanted if i in self._pending}
-                rest = wanted - take.keys()
-                missing = rest - self.manifest.known_chunks(rest) if rest else set()
-                if not missing:
-                    break
-                # The request that stored it has not registered its record yet (its
-                # callback runs right after ours): wait for it.
-                if time.monotonic() > deadline:
-                    raise S3Error("InternalError", "a chunk was stored but never recorded")
-                with self._cond:
-                    self._cond.wait(0.05)
-            if take:
-                self.uploader.sync()
-                self.manifest.add_chunks(list(take.values()))
-                self.uploader.recorded(take)
-                with self._cond:
-                    for chunk_id in take:
-                        self._pending.pop(chunk_id, None)
+        for piece in self.chunker.chunks(io.BufferedReader(body, READ_BUFFER)):
+            yield bytes(piece)
+
+    def _records_of(self, stored: list[StoredChunk]) -> list[ChunkRecord]:
+        """The records this PUT must commit: its new chunks, and duplicates of chunks that
+        another request stored but has not committed yet (``add_chunks`` is idempotent).
+        A duplicate with neither is in the manifest already."""
+        records: dict[bytes, ChunkRecord] = {}
+        for done in stored:
+            if done.chunk_id in records:
+                continue
+            record = done.record or self.uploader.pending_record(done.chunk_id)
+            if record is not None:
+                records[done.chunk_id] = record
+        return list(records.values())
 
     # -- GET ---------------------------------------------------------------------------
 
