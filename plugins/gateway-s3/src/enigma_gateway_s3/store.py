@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 
 from enigma.chunkstore import ChunkStore, StoredChunk
@@ -89,6 +89,51 @@ class ObjectStore:
         self.committer.commit(records, record)
         return record
 
+    def put_spliced(self, bucket: str, key: str, segments: Iterable[ChunkRef | bytes],
+                    etag: Callable[[], str]) -> ObjectRecord:
+        """Store an object made of chunks already stored (referenced, never read again) and
+        new bytes (cut and stored like a PUT body), in the order given.
+
+        A ranged part copy stores only the partial chunks at its edges this way. ``etag``
+        is called once ``segments`` is exhausted (the caller hashes as it reads). Like
+        ``put``, nothing is visible unless all of it worked, and stored chunks are recorded
+        even then (refcount 0: gc reclaims them).
+        """
+        refs: list[ChunkRef] = []
+        pending: list[tuple[ChunkRef, Future[StoredChunk]]] = []
+        offset = 0
+        error: BaseException | None = None
+        try:
+            for segment in segments:
+                if isinstance(segment, ChunkRef):
+                    refs.append(ChunkRef(segment.chunk_id, offset, segment.length))
+                    offset += segment.length
+                    continue
+                for piece in self.chunker.chunks_of(segment):
+                    ref = ChunkRef(b"", offset, len(piece))
+                    pending.append((ref, self.uploader.submit(piece)))
+                    refs.append(ref)
+                    offset += len(piece)
+        except BaseException as exc:  # still record what was stored, then re-raise
+            error = exc
+        stored: list[StoredChunk] = []
+        for _ref, future in pending:
+            try:
+                stored.append(future.result())
+            except BaseException as exc:
+                error = error or exc
+        records = self._records_of(stored)
+        if error is not None:
+            if records:
+                self.committer.commit(records, None)
+            raise error
+        for (ref, _future), done in zip(pending, stored, strict=True):
+            ref.chunk_id = done.chunk_id
+        record = ObjectRecord(bucket=bucket, key=key, size=offset, etag=etag(),
+                              created_at=time.time(), chunks=refs)
+        self.committer.commit(records, record)
+        return record
+
     def _pieces(self, body: Payload) -> Iterator[bytes]:
         """The body's chunks; a body announced small enough for one chunk skips the cutter."""
         if body.length is not None and body.length <= self.chunker.single_chunk_limit:
@@ -118,7 +163,7 @@ class ObjectStore:
         record = self.manifest.get_chunk(ref.chunk_id)
         if record is None:
             raise IntegrityError(f"chunk {ref.chunk_id.hex()[:12]} is not in the manifest")
-        return self.chunks.get(record)
+        return self.chunks.get(record, check_id=False)  # GCM authenticates (see open)
 
     def read(self, record: ObjectRecord, start: int, end: int) -> Iterator[bytes]:
         """Plaintext bytes ``start..end`` (inclusive) of an object, chunk by chunk."""
