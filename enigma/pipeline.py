@@ -195,6 +195,7 @@ class ChunkUploader:
                  inline: bool = False) -> None:
         groups: dict[str, list[tuple[str, bytes, _Completion]]] = {}
         for item, result in zip(items, futures, strict=True):
+            chunk_id: bytes | None = None
             try:
                 data = item() if callable(item) else item
                 chunk_id = self.store.identify(data)
@@ -208,7 +209,7 @@ class ChunkUploader:
                     groups.setdefault(label, []).append((chunk_key(chunk_id), sealed,
                                                          completion))
             except BaseException as exc:  # handed to the waiting caller
-                self._fail(result, exc)
+                self._fail(result, exc, chunk_id)  # and no longer "in flight"
         del items
         for label, group in groups.items():
             if inline:
@@ -269,6 +270,17 @@ class ChunkUploader:
 
     def recorded(self, ids: Iterable[bytes]) -> None:
         """The manifest now holds these chunks: dedup can rely on it from here on."""
+        self._forget(ids)
+
+    def abandoned(self, ids: Iterable[bytes]) -> None:
+        """These stored chunks will not be recorded (their manifest write failed).
+
+        They are orphans now, which ``enigma gc`` may delete; a later duplicate must
+        therefore be stored again, not matched against the stale upload.
+        """
+        self._forget(ids)
+
+    def _forget(self, ids: Iterable[bytes]) -> None:
         with self._lock:
             for chunk_id in ids:
                 self._inflight.pop(chunk_id, None)

@@ -149,10 +149,12 @@ class CdcChunker(Chunker):
             del buf[:start]
             if eof and not buf:
                 return
-            # No final cut in what is buffered: read until the next try can find one
-            # (the average size, then doubling up to max_size, where a cut is certain).
+            # No final cut in what is buffered: read until the next try can find one (the
+            # average size, then half an average more each time, up to max_size where a
+            # cut is certain). Small steps keep the buffer near the chunk's real size.
             left = len(buf)
-            want = self.avg_size if left < self.avg_size else min(2 * left, self.max_size)
+            want = self.avg_size if left < self.avg_size else \
+                min(left + max(self.avg_size // 2, STREAM_READ), self.max_size)
 
     def _final_ends(self, fastcdc: Any, buf: bytearray, eof: bool) -> list[int]:
         """End offsets of the chunks ``cut_buf`` finds in ``buf`` that more data cannot move.

@@ -75,13 +75,16 @@ class GroupCommit:
                 self.uploader.sync()  # chunks durable before the manifest names them
             results = self.manifest.apply_batch(operations) if operations else []
         except BaseException as exc:  # nothing of the batch committed
+            self.uploader.abandoned(records)
             for entry in batch:
                 entry.error = exc
             return
         self.batches += 1
         failed = results.pop(0) if records else None
-        if failed is None and records:
+        if failed is None:
             self.uploader.recorded(records)
+        else:
+            self.uploader.abandoned(records)
         for entry in batch:  # a request without an object only wanted its chunks recorded
             entry.error = failed
         for entry, result in zip(objects, results, strict=True):

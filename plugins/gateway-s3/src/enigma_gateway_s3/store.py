@@ -25,8 +25,8 @@ from enigma_gateway_s3.body import Payload
 from enigma_gateway_s3.commit import GroupCommit
 
 #: Read-ahead of one GET (bytes of plaintext chunks fetched ahead of the client).
-GET_BUDGET = 16 * 1024 * 1024
-GET_WORKERS = 8
+GET_BUDGET = 8 * 1024 * 1024
+GET_WORKERS = 4
 #: Buffer between the request body and the chunker.
 READ_BUFFER = 1024 * 1024
 
