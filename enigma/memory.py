@@ -13,6 +13,8 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+import time
+from typing import Any
 
 #: mallopt(3) parameter number of M_ARENA_MAX.
 M_ARENA_MAX = -8
@@ -31,3 +33,36 @@ def limit_malloc_arenas() -> bool:
     except (OSError, AttributeError):
         return False
     return bool(mallopt(M_ARENA_MAX, max(2, os.cpu_count() or 2)))
+
+
+class FreeMemoryReleaser:
+    """Hands freed heap memory back to the kernel (glibc ``malloc_trim``), at most once
+    per ``interval`` seconds.
+
+    After a burst of multi-MiB chunk buffers the freed memory stays in malloc's arenas and
+    keeps counting as RSS; a long-running server calls ``maybe_release`` when a large
+    request ends, so its RSS follows what it holds rather than its worst moment so far.
+    """
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self._next = 0.0
+        self._trim = _malloc_trim()
+
+    def maybe_release(self) -> bool:
+        """Trim if the interval has passed; whether it did."""
+        now = time.monotonic()
+        if self._trim is None or now < self._next:
+            return False
+        self._next = now + self.interval
+        self._trim(0)
+        return True
+
+
+def _malloc_trim() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None

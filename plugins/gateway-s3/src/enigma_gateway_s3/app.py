@@ -28,11 +28,12 @@ import anyio.to_thread
 from enigma.errors import EnigmaError, IntegrityError, NotFoundError
 from enigma.lock import RepositoryBusy, repository_lock
 from enigma.manifest import BucketRecord, ObjectRecord
+from enigma_gateway_s3 import body as body_checksums
 from enigma_gateway_s3 import sigv4
 from enigma_gateway_s3.body import open_body
 from enigma_gateway_s3.config import GatewayOptions
 from enigma_gateway_s3.errors import S3Error
-from enigma_gateway_s3.multipart import Multipart, ensure_bucket
+from enigma_gateway_s3.multipart import Multipart, ensure_bucket, layout_of, part_span
 from enigma_gateway_s3.store import ObjectStore
 
 log = logging.getLogger("enigma_gateway_s3")
@@ -42,6 +43,8 @@ MAX_KEYS = 1000
 #: Requests handled at once (each holds a worker thread while it runs).
 WORKER_THREADS = 128
 MAX_KEY_BYTES = 1024
+#: Largest piece of a GET body handed to the HTTP server at once.
+SEND_SLICE = 512 * 1024
 #: Sorts after any character a key can hold: "<prefix>" + this skips a common prefix.
 AFTER_ALL = "\U0010ffff" * 4
 #: Headers stored with an object and answered back on GET/HEAD.
@@ -267,13 +270,28 @@ class Handler:
             raise S3Error("BucketAlreadyOwnedByYou", BucketName=bucket) from None
         return Response(200, [("Location", f"/{bucket}"), ("Content-Length", "0")])
 
-    def read_small_body(self, limit: int = 1 << 20) -> bytes:
-        payload = open_body(self.pull, self.headers, self.auth)
-        data = payload.read(limit + 1)
+    def read_small_body(self, limit: int = 1 << 20, *, object_checksums: bool = False
+                        ) -> bytes:
+        """A whole small body (XML), verified like any payload.
+
+        ``object_checksums``: the request's ``x-amz-checksum-*`` headers describe an
+        object, not this body (CompleteMultipartUpload), so they are not checked here.
+        """
+        headers = self.headers
+        if object_checksums:
+            headers = {k: v for k, v in headers.items()
+                       if not k.startswith(body_checksums.PREFIX)}
+        payload = open_body(self.pull, headers, self.auth)
+        data = bytearray()
+        while len(data) <= limit:
+            piece = payload.read(limit + 1 - len(data))
+            if not piece:
+                break
+            data += piece
         if len(data) > limit:
             raise S3Error("EntityTooLarge")
         payload.finish()
-        return data
+        return bytes(data)
 
     def list_buckets(self) -> Response:
         p = self.params
@@ -421,7 +439,8 @@ class Handler:
                 return multipart.list_parts(bucket, key)
         if method == "PUT" and unsupported == {"uploadId", "partNumber"}:
             return multipart.upload_part(bucket, key)
-        if unsupported:
+        part_read = method in ("GET", "HEAD") and unsupported == {"partNumber"}
+        if unsupported and not part_read:
             raise S3Error("NotImplemented", f"?{sorted(unsupported)[0]} is not implemented yet")
         version = self.params.get("versionId")
         if version not in (None, "null"):
@@ -463,6 +482,10 @@ class Handler:
         return Response(200, [("ETag", f'"{record.etag}"'), ("Content-Length", "0")])
 
     def get_object(self, bucket: str, key: str, *, head: bool) -> Response:
+        number = self.params.get("partNumber")
+        if number is not None and "range" in self.headers:
+            raise S3Error("InvalidRequest", "Cannot specify both Range header and partNumber "
+                                            "query parameter")
         self.require_bucket(bucket)
         record = self.app.manifest.get_object(bucket, key)
         if record is None:
@@ -472,11 +495,17 @@ class Handler:
         if not check_conditions(self.headers, record, ""):
             return Response(304, validators)
         size = record.size
-        span = parse_range(self.headers.get("range"), size)
+        part = part_span(record, number) if number is not None else None
+        span = part[:2] if part else parse_range(self.headers.get("range"), size)
         headers = [*validators,
                    ("Accept-Ranges", "bytes"),
                    ("Content-Type", record.content_type or "binary/octet-stream")]
-        headers += [(k, v) for k, v in sorted(record.metadata.items())]
+        # Only what was stored as headers is answered (internal keys such as the part
+        # layout are not).
+        headers += [(k, v) for k, v in sorted(record.metadata.items())
+                    if k.startswith("x-amz-meta-") or k in STORED_HEADERS]
+        if part:
+            headers.append(("x-amz-mp-parts-count", str(part.count)))
         for name in ("content-type", *STORED_HEADERS):
             override = self.params.get(f"response-{name}")
             if override is not None:
@@ -487,7 +516,8 @@ class Handler:
         if span is not None:
             first, last = span
             status = 206
-            headers.append(("Content-Range", f"bytes {first}-{last}/{size}"))
+            if last >= first:  # an empty part has no byte to name
+                headers.append(("Content-Range", f"bytes {first}-{last}/{size}"))
         headers.append(("Content-Length", str(last - first + 1)))
         if head or last < first:
             return Response(status, headers)
@@ -502,8 +532,9 @@ class Handler:
         return Response(status, headers, _primed(lead, pieces))
 
 
-    def copy_object(self, bucket: str, key: str) -> Response:
-        self.require_bucket(bucket)
+    def copy_source(self) -> ObjectRecord:
+        """The object ``x-amz-copy-source`` names, once the caller may read it and its
+        ``x-amz-copy-source-if-*`` conditions hold (CopyObject, UploadPartCopy)."""
         source = unquote(self.headers["x-amz-copy-source"]).split("?", 1)
         if len(source) == 2 and source[1] not in ("", "versionId=null"):
             raise S3Error("InvalidArgument", "Invalid version id specified")
@@ -517,15 +548,23 @@ class Handler:
             raise S3Error("NoSuchKey", Key=src_key)
         if not check_conditions(self.headers, record, "x-amz-copy-source-"):
             raise S3Error("PreconditionFailed")
+        return record
+
+    def copy_object(self, bucket: str, key: str) -> Response:
+        self.require_bucket(bucket)
+        record = self.copy_source()
+        src_key = record.key
         directive = self.headers.get("x-amz-metadata-directive", "COPY").upper()
         if directive not in ("COPY", "REPLACE"):
             raise S3Error("InvalidArgument", "Unknown metadata directive.")
         if directive == "REPLACE":
             content_type = self.headers.get("content-type", "")
-            metadata = self.request_metadata()
+            # The part layout goes with the bytes and the ETag kept below, not with the
+            # metadata the client replaces.
+            metadata = {**self.request_metadata(), **layout_of(record)}
         else:
             content_type, metadata = record.content_type, record.metadata
-            if (src_bucket, src_key) == (bucket, key):
+            if (record.bucket, src_key) == (bucket, key):
                 raise S3Error("InvalidRequest", "This copy request is illegal because it is "
                               "trying to copy an object to itself without changing the "
                               "object's metadata, storage class, website redirect location "
@@ -547,8 +586,8 @@ class Handler:
 
     def delete_objects(self, bucket: str) -> Response:
         self.require_bucket(bucket)
-        if "content-md5" not in self.headers and not any(
-                h.startswith("x-amz-checksum-") for h in self.headers):
+        if "content-md5" not in self.headers and not body_checksums.announced_checksums(
+                self.headers)[0]:
             raise S3Error("InvalidRequest", "Missing required header for this request: "
                                             "Content-MD5")
         try:
@@ -696,7 +735,12 @@ class S3App:
                 piece = await anyio.to_thread.run_sync(next, body, None)
                 if piece is None:
                     break
-                await send({"type": "http.response.body", "body": piece, "more_body": True})
+                # In slices: the server copies what the socket cannot take at once into
+                # the connection's buffer, so a whole 4 MiB chunk would sit there twice.
+                with memoryview(piece) as view:
+                    for at in range(0, len(view), SEND_SLICE):
+                        await send({"type": "http.response.body",
+                                    "body": view[at:at + SEND_SLICE], "more_body": True})
             await send({"type": "http.response.body", "body": b""})
         finally:
             await anyio.to_thread.run_sync(body.close)  # type: ignore[union-attr]

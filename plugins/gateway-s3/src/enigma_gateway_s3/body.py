@@ -3,9 +3,10 @@
 ``pull`` hands over the next piece of the HTTP body (b"" at the end); it runs the ASGI
 ``receive`` on the event loop, so nothing here ever holds more than one piece plus the
 reader's buffer. ``AwsChunked`` strips the ``aws-chunked`` framing (checking each chunk
-signature for ``STREAMING-AWS4-HMAC-SHA256-PAYLOAD``); ``Payload`` hashes what passes
-through (MD5 for the ETag, SHA-256 for a signed payload, an ``x-amz-checksum-*``) and
-``finish`` compares everything once the body is complete.
+signature for ``STREAMING-AWS4-HMAC-SHA256-PAYLOAD[-TRAILER]``, and the trailer signature
+for the latter); ``Payload`` hashes what passes through (MD5 for the ETag, SHA-256 for a
+signed payload, the one ``x-amz-checksum-*`` a request may carry, as a header or a trailer)
+and ``finish`` compares everything once the body is complete.
 """
 
 from __future__ import annotations
@@ -19,44 +20,111 @@ import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from awscrt import checksums as crt
+
 from enigma_gateway_s3 import sigv4
 from enigma_gateway_s3.errors import S3Error
 
 Pull = Callable[[], bytes]
 #: Longest aws-chunked header line accepted (size;chunk-signature=<64 hex>\r\n is ~90).
 MAX_LINE = 4096
+#: Most trailer lines accepted (S3 sends one checksum and, when signed, its signature).
+MAX_TRAILERS = 16
+PREFIX = "x-amz-checksum-"
 
 
-class Crc32:
-    """zlib.crc32 with hashlib's update/digest shape."""
+class Crc:
+    """A CRC with hashlib's update/digest shape. ``function(data, previous)`` is zlib's or
+    awscrt's: C code that releases the GIL on large buffers, so uploads hash in parallel."""
 
-    def __init__(self) -> None:
+    def __init__(self, function: Callable[[Any, int], int], size: int) -> None:
+        self._function = function
+        self._size = size
         self.value = 0
 
     def update(self, data: Any) -> None:
-        self.value = zlib.crc32(data, self.value)
+        self.value = self._function(data, self.value)
 
     def digest(self) -> bytes:
-        return self.value.to_bytes(4, "big")
+        return self.value.to_bytes(self._size, "big")
 
 
-#: x-amz-checksum-<name> -> hasher factory (others are accepted but not verified yet).
-CHECKSUMS: dict[str, Callable[[], Any]] = {
-    "crc32": Crc32,
-    "sha1": hashlib.sha1,
-    "sha256": hashlib.sha256,
+class XxHash:
+    """awscrt's streaming XXHash with hashlib's update/digest shape (digest once)."""
+
+    def __init__(self, new: Callable[[], Any]) -> None:
+        self._hash = new()
+
+    def update(self, data: Any) -> None:
+        self._hash.update(data)
+
+    def digest(self) -> bytes:
+        return self._hash.finalize()
+
+
+#: x-amz-checksum-<name> -> (hasher factory, digest size): every algorithm of S3's
+#: ChecksumAlgorithm. CRC32C, CRC64NVME and XXHash come from awscrt (what botocore uses).
+CHECKSUMS: dict[str, tuple[Callable[[], Any], int]] = {
+    "crc32": (lambda: Crc(zlib.crc32, 4), 4),
+    "crc32c": (lambda: Crc(crt.crc32c, 4), 4),
+    "crc64nvme": (lambda: Crc(crt.crc64nvme, 8), 8),
+    "md5": (hashlib.md5, 16),
+    "sha1": (hashlib.sha1, 20),
+    "sha256": (hashlib.sha256, 32),
+    "sha512": (hashlib.sha512, 64),
+    "xxhash64": (lambda: XxHash(crt.XXHash.new_xxhash64), 8),
+    "xxhash3": (lambda: XxHash(crt.XXHash.new_xxhash3_64), 8),
+    "xxhash128": (lambda: XxHash(crt.XXHash.new_xxhash3_128), 16),
 }
+#: x-amz-checksum-* headers that carry no checksum value.
+NOT_CHECKSUMS = frozenset({"algorithm", "mode", "type"})
+
+
+def _algorithm(header: str, origin: str) -> str:
+    """The algorithm an x-amz-checksum-<name> header names; anything else is refused, as
+    S3 does, rather than stored unverified."""
+    name = header[len(PREFIX):] if header.startswith(PREFIX) else ""
+    if name not in CHECKSUMS:
+        raise S3Error("InvalidRequest", f"{origin} {header!r} is not a supported checksum "
+                                        f"(x-amz-checksum-{{{','.join(CHECKSUMS)}}})")
+    return name
+
+
+def announced_checksums(headers: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """(algorithm -> header value, algorithms announced in ``x-amz-trailer``); like S3,
+    at most one checksum per request."""
+    sent = {_algorithm(name, "header"): value for name, value in headers.items()
+            if name.startswith(PREFIX) and name[len(PREFIX):] not in NOT_CHECKSUMS}
+    trailed = [_algorithm(name.strip().lower(), "x-amz-trailer")
+               for name in headers.get("x-amz-trailer", "").split(",") if name.strip()]
+    if len(sent) + len(trailed) > 1:
+        raise S3Error("InvalidRequest", "Expecting a single x-amz-checksum- header. "
+                                        "Multiple checksum Types are not allowed.")
+    return sent, trailed
+
+
+def decode_checksum(name: str, value: str) -> bytes:
+    """A checksum's base64 value; malformed is ``InvalidRequest`` (not ``BadDigest``)."""
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != CHECKSUMS[name][1]:
+        raise S3Error("InvalidRequest", f"Value for {PREFIX}{name} header is invalid.")
+    return raw
 
 
 class AwsChunked:
     """Decodes ``aws-chunked`` framing: ``<hex size>[;chunk-signature=<sig>]\\r\\n<data>\\r\\n``
     ... a final zero-size chunk, then optional trailer lines and an empty line."""
 
-    def __init__(self, pull: Pull, auth: sigv4.Auth | None) -> None:
+    def __init__(self, pull: Pull, auth: sigv4.Auth | None, *,
+                 signed_trailer: bool = False) -> None:
         self._pull = pull
         self._buf = bytearray()
         self._eof = False
         self._auth = auth  # verify chunk signatures when set
+        self._signed_trailer = signed_trailer  # verify x-amz-trailer-signature (needs auth)
         self._previous = auth.seed_signature if auth else ""
         self._left = 0  # data bytes left in the current chunk
         self._hash: Any = None
@@ -110,12 +178,33 @@ class AwsChunked:
             self._previous = self._expected
 
     def _read_trailers(self) -> None:
+        signature: str | None = None
+        seen: set[str] = set()
         while self._buf or self._fill():
             line = self._line()
             if not line:
                 break
-            name, _, value = line.partition(":")
-            self.trailers[name.strip().lower()] = value.strip()
+            name, colon, value = line.partition(":")
+            name = name.strip().lower()
+            if not colon or not name or name in seen or len(seen) >= MAX_TRAILERS:
+                raise S3Error("MalformedTrailerError")
+            seen.add(name)
+            if name == "x-amz-trailer-signature":
+                signature = value.strip()  # ignored when the trailer is not signed
+            else:
+                self.trailers[name] = value.strip()
+        if self._signed_trailer:
+            self._check_trailer_signature(signature)
+
+    def _check_trailer_signature(self, signature: str | None) -> None:
+        """The trailer is signed after the final chunk: a checksum swapped in transit (or
+        appended by someone without the key) is refused, not just compared."""
+        assert self._auth is not None
+        if signature is None:
+            raise S3Error("SignatureDoesNotMatch", "the trailer has no x-amz-trailer-signature")
+        actual = self._auth.trailer_signature(self._previous, self.trailers)
+        if not hmac.compare_digest(actual, signature):
+            raise S3Error("SignatureDoesNotMatch", "the trailer signature does not match")
 
     def read_piece(self) -> bytes:
         """The next piece of decoded payload; b"" once the final chunk is read."""
@@ -155,14 +244,11 @@ class Payload(io.RawIOBase):
         self.sha256 = hashlib.sha256() if sigv4.HEX64.fullmatch(auth.payload_hash) else None
         self._expected_sha256 = auth.payload_hash
         self._content_md5 = headers.get("content-md5")
-        self._headers = headers
-        self.checksums: dict[str, Any] = {}
-        wanted = {n[len("x-amz-checksum-"):] for n in headers if n.startswith("x-amz-checksum-")}
-        wanted |= {n.strip().lower()[len("x-amz-checksum-"):]
-                   for n in headers.get("x-amz-trailer", "").split(",") if n.strip()}
-        for name in wanted:
-            if name in CHECKSUMS:
-                self.checksums[name] = CHECKSUMS[name]()
+        sent, self._trailed = announced_checksums(headers)
+        # Header values are checked before any body byte is read.
+        self._expected = {name: decode_checksum(name, value) for name, value in sent.items()}
+        self.checksums: dict[str, Any] = {name: CHECKSUMS[name][0]()
+                                          for name in [*sent, *self._trailed]}
 
     def readable(self) -> bool:
         return True
@@ -207,14 +293,17 @@ class Payload(io.RawIOBase):
                 raise S3Error("InvalidDigest")
             if not hmac.compare_digest(expected, self.md5.digest()):
                 raise S3Error("BadDigest")
+        self._check_checksums()
+
+    def _check_checksums(self) -> None:
         trailers = self._chunked.trailers if self._chunked else {}
+        if set(trailers) != {PREFIX + name for name in self._trailed}:
+            raise S3Error("MalformedTrailerError", "the trailer does not match x-amz-trailer")
         for name, hasher in self.checksums.items():
-            header = f"x-amz-checksum-{name}"
-            value = self._headers.get(header) or trailers.get(header)
-            if value is None:
-                raise S3Error("InvalidRequest", f"{header} was announced but not sent")
-            actual = base64.b64encode(hasher.digest()).decode()
-            if not hmac.compare_digest(actual, value):
+            expected = self._expected.get(name)
+            if expected is None:
+                expected = decode_checksum(name, trailers[PREFIX + name])
+            if not hmac.compare_digest(expected, hasher.digest()):
                 raise S3Error("BadDigest", f"The {name.upper()} you specified did not match "
                                            "the calculated checksum.")
 
@@ -228,16 +317,26 @@ def open_body(pull: Pull, headers: Mapping[str, str], auth: sigv4.Auth) -> Paylo
     mode = auth.payload_hash
     streaming = mode.startswith("STREAMING-")
     encodings = [e.strip() for e in headers.get("content-encoding", "").split(",")]
-    if streaming or "aws-chunked" in encodings:
-        if mode.startswith("STREAMING-") and mode not in (sigv4.STREAMING_SIGNED,
-                                                           sigv4.STREAMING_UNSIGNED_TRAILER):
-            raise S3Error("NotImplemented", f"payload mode {mode} is not supported yet")
-        chunked = AwsChunked(pull, auth if mode == sigv4.STREAMING_SIGNED else None)
-        declared = headers.get("x-amz-decoded-content-length")
-        length = _int(declared) if declared is not None else None
-        return Payload(chunked.read_piece, headers, auth, chunked, length)
-    declared = headers.get("content-length")
-    return Payload(pull, headers, auth, None, _int(declared) if declared else None)
+    if not (streaming or "aws-chunked" in encodings):
+        _no_trailer(headers, "an aws-chunked body")
+        declared = headers.get("content-length")
+        return Payload(pull, headers, auth, None, _int(declared) if declared else None)
+    if streaming and mode not in sigv4.STREAMING_MODES:
+        raise S3Error("NotImplemented", f"payload mode {mode} is not supported")
+    if mode == sigv4.STREAMING_SIGNED:
+        # Its trailer could not be signed: a signed upload must not end in unsigned data.
+        _no_trailer(headers, sigv4.STREAMING_SIGNED_TRAILER + " (signed trailer)")
+    signed = mode in (sigv4.STREAMING_SIGNED, sigv4.STREAMING_SIGNED_TRAILER)
+    chunked = AwsChunked(pull, auth if signed else None,
+                         signed_trailer=mode == sigv4.STREAMING_SIGNED_TRAILER)
+    declared = headers.get("x-amz-decoded-content-length")
+    length = _int(declared) if declared is not None else None
+    return Payload(chunked.read_piece, headers, auth, chunked, length)
+
+
+def _no_trailer(headers: Mapping[str, str], needed: str) -> None:
+    if headers.get("x-amz-trailer", "").strip():
+        raise S3Error("InvalidRequest", f"x-amz-trailer needs {needed}")
 
 
 def _int(value: str) -> int:

@@ -10,6 +10,11 @@ the signed header list, and the payload hash (the hex SHA-256, ``UNSIGNED-PAYLOA
 Chunked uploads (``STREAMING-AWS4-HMAC-SHA256-PAYLOAD``) carry one signature per chunk,
 each chaining the previous one from the seed (the header's signature):
 ``AWS4-HMAC-SHA256-PAYLOAD\\n<amz date>\\n<scope>\\n<previous>\\n<sha256("")>\\n<sha256(chunk)>``.
+With ``STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER`` the trailer lines that follow the final
+(empty) chunk are signed too, chained from the final chunk's signature:
+``AWS4-HMAC-SHA256-TRAILER\\n<amz date>\\n<scope>\\n<previous>\\n<sha256(canonical trailers)>``,
+the canonical trailers being ``name:value\\n`` per trailer (S3's "Signature calculations
+for trailing headers").
 Every comparison is constant-time (``hmac.compare_digest``).
 """
 
@@ -30,6 +35,9 @@ ALGORITHM = "AWS4-HMAC-SHA256"
 UNSIGNED = "UNSIGNED-PAYLOAD"
 STREAMING_SIGNED = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
 STREAMING_UNSIGNED_TRAILER = "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+STREAMING_SIGNED_TRAILER = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER"
+#: The aws-chunked payload modes the gateway decodes (ECDSA/SigV4a ones are not supported).
+STREAMING_MODES = (STREAMING_SIGNED, STREAMING_SIGNED_TRAILER, STREAMING_UNSIGNED_TRAILER)
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 #: S3 refuses requests whose clock differs from the server's by more than this.
 MAX_SKEW = 15 * 60
@@ -119,6 +127,15 @@ class Auth:
                           EMPTY_SHA256, chunk_sha256))
         return _hmac_hex(self.key, text)
 
+    def trailer_signature(self, previous: str, trailers: Mapping[str, str]) -> str:
+        """The ``x-amz-trailer-signature`` a signed trailer must carry: it covers every
+        trailer line (lowercase name, trimmed value, sorted), so none can be altered."""
+        canonical = "".join(f"{name}:{_canonical_value(value)}\n"
+                            for name, value in sorted(trailers.items()))
+        text = "\n".join(("AWS4-HMAC-SHA256-TRAILER", self.amz_date, self.scope, previous,
+                          hashlib.sha256(canonical.encode("utf-8")).hexdigest()))
+        return _hmac_hex(self.key, text)
+
 
 def _canonical_uris(raw_path: str) -> list[str]:
     """The canonical URI S3 defines (decode, encode each byte once), then the path as sent
@@ -185,11 +202,9 @@ def _verify_header(request: Request, header: str, secrets: Mapping[str, str],
     if not payload:
         raise S3Error("InvalidRequest", "Missing required header for this request: "
                                         "x-amz-content-sha256")
-    if payload.startswith("STREAMING-") and payload not in (STREAMING_SIGNED,
-                                                            STREAMING_UNSIGNED_TRAILER):
-        raise S3Error("NotImplemented", f"payload mode {payload} is not supported yet")
-    if not (payload in (UNSIGNED, STREAMING_SIGNED, STREAMING_UNSIGNED_TRAILER)
-            or HEX64.fullmatch(payload)):
+    if payload.startswith("STREAMING-") and payload not in STREAMING_MODES:
+        raise S3Error("NotImplemented", f"payload mode {payload} is not supported")
+    if not (payload == UNSIGNED or payload in STREAMING_MODES or HEX64.fullmatch(payload)):
         raise S3Error("InvalidArgument", f"x-amz-content-sha256 {payload!r} is not supported")
     signed = fields["SignedHeaders"].split(";")
     if "host" not in signed:

@@ -19,6 +19,7 @@ from concurrent.futures import Future
 from enigma.chunkstore import ChunkStore, StoredChunk
 from enigma.errors import IntegrityError
 from enigma.manifest import ChunkRecord, ChunkRef, ObjectRecord
+from enigma.memory import FreeMemoryReleaser
 from enigma.pipeline import ChunkUploader, ordered_map
 from enigma.repository import Repository
 from enigma_gateway_s3.body import Payload
@@ -27,6 +28,9 @@ from enigma_gateway_s3.commit import GroupCommit
 #: Read-ahead of one GET (bytes of plaintext chunks fetched ahead of the client).
 GET_BUDGET = 8 * 1024 * 1024
 GET_WORKERS = 4
+#: Plaintext chunks of all PUTs on their way to storage at once (the CLI uses 24 MiB; the
+#: server also holds each PUT's chunker buffer, so it keeps less in flight).
+PUT_BUDGET = 12 * 1024 * 1024
 #: Buffer between the request body and the chunker.
 READ_BUFFER = 1024 * 1024
 
@@ -41,8 +45,9 @@ class ObjectStore:
         self.chunks = ChunkStore(repo)
         # No start-up snapshot of chunk ids: a server lives for weeks while backups and its
         # own PUTs add chunks, so each chunk is looked up in the manifest instead.
-        self.uploader = ChunkUploader(self.chunks, prefilter=False)
+        self.uploader = ChunkUploader(self.chunks, prefilter=False, budget=PUT_BUDGET)
         self.committer = GroupCommit(self.uploader, self.manifest)
+        self.releaser = FreeMemoryReleaser()
 
     def close(self) -> None:
         self.uploader.close()
@@ -76,6 +81,9 @@ class ObjectStore:
                 stored.append(future.result())
             except BaseException as exc:
                 error = error or exc
+        del futures
+        if len(stored) > 1:
+            self.releaser.maybe_release()  # this PUT's chunk buffers are free now
         records = self._records_of(stored)
         if error is not None:
             if records:  # stored chunks are recorded (refcount 0: gc reclaims them)
@@ -174,9 +182,15 @@ class ObjectStore:
             pieces = ((ref, future.result()) for ref, future in ordered_map(
                 self._fetch, refs, size=lambda r: r.length, budget=GET_BUDGET,
                 workers=GET_WORKERS))
-        for ref, data in pieces:
-            if len(data) != ref.length:
-                raise IntegrityError(f"chunk {ref.chunk_id.hex()[:12]} has the wrong size")
-            lo = max(start - ref.offset, 0)
-            hi = min(end + 1 - ref.offset, ref.length)
-            yield data if lo == 0 and hi == ref.length else data[lo:hi]
+        try:
+            for ref, data in pieces:
+                if len(data) != ref.length:
+                    raise IntegrityError(f"chunk {ref.chunk_id.hex()[:12]} has the wrong size")
+                lo = max(start - ref.offset, 0)
+                hi = min(end + 1 - ref.offset, ref.length)
+                yield data if lo == 0 and hi == ref.length else data[lo:hi]
+                del data
+        finally:
+            if len(refs) > 1:
+                pieces = []
+                self.releaser.maybe_release()
