@@ -30,7 +30,7 @@ GET_BUDGET = 8 * 1024 * 1024
 GET_WORKERS = 4
 #: Plaintext chunks of all PUTs on their way to storage at once (the CLI uses 24 MiB; the
 #: server also holds each PUT's chunker buffer, so it keeps less in flight).
-PUT_BUDGET = 12 * 1024 * 1024
+PUT_BUDGET = 8 * 1024 * 1024
 #: Buffer between the request body and the chunker.
 READ_BUFFER = 1024 * 1024
 
