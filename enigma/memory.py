@@ -13,7 +13,9 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 #: mallopt(3) parameter number of M_ARENA_MAX.
@@ -48,6 +50,18 @@ class FreeMemoryReleaser:
         self.interval = interval
         self._next = 0.0
         self._trim = _malloc_trim()
+
+    def run_every(self, seconds: float) -> Callable[[], None]:
+        """Also release on a daemon thread every ``seconds`` (a server between bursts keeps
+        its last burst's freed memory otherwise); returns the function that stops it."""
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(seconds):
+                self.maybe_release()
+
+        threading.Thread(target=loop, name="enigma-trim", daemon=True).start()
+        return stop.set
 
     def maybe_release(self) -> bool:
         """Trim if the interval has passed; whether it did."""

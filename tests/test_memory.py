@@ -31,3 +31,32 @@ def test_not_on_other_platforms(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
     monkeypatch.setattr(sys, "platform", "darwin")
     assert limit_malloc_arenas() is False
+
+
+def test_releaser_is_rate_limited_and_runs_in_the_background() -> None:
+    import threading
+
+    from enigma.memory import FreeMemoryReleaser
+
+    calls: list[int] = []
+    twice = threading.Event()
+
+    def fake_trim(pad: int) -> int:
+        calls.append(pad)
+        if len(calls) >= 2:
+            twice.set()
+        return 1
+
+    releaser = FreeMemoryReleaser(interval=0.0)
+    releaser._trim = fake_trim
+    stop = releaser.run_every(0.01)
+    try:
+        assert twice.wait(10), "the background thread never trimmed"
+    finally:
+        stop()
+    limited = FreeMemoryReleaser(interval=3600)
+    limited._trim = fake_trim
+    before = len(calls)
+    assert limited.maybe_release() is True
+    assert limited.maybe_release() is False  # within the interval: skipped
+    assert len(calls) == before + 1

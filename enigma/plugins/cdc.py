@@ -142,11 +142,15 @@ class CdcChunker(Chunker):
                 return
             ends = self._final_ends(fastcdc, buf, eof)
             start = 0
-            with memoryview(buf) as view:  # ``buf`` may not change while it is viewed
-                for end in ends:
-                    yield bytes(view[start:end])
-                    start = end
-            del buf[:start]
+            for end in ends:
+                with memoryview(buf) as view:  # ``buf`` may not change while it is viewed
+                    piece = bytes(view[:end - start])
+                # Drop the chunk from the buffer before handing it out: the consumer may
+                # hold it a while (waiting for the upload budget), and the buffer then
+                # shrinks instead of keeping a second copy.
+                del buf[:end - start]
+                start = end
+                yield piece
             if eof and not buf:
                 return
             # No final cut in what is buffered: read until the next try can find one (the

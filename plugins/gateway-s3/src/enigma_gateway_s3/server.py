@@ -12,6 +12,9 @@ from enigma.errors import ConfigError
 from enigma.interfaces import Server
 from enigma_gateway_s3.config import parse_options
 
+#: Seconds between hand-backs of freed memory while the server idles (enigma.memory).
+TRIM_INTERVAL = 5.0
+
 
 class S3Gateway(Server):
     """Serves the repository as S3 on uvicorn until SIGINT or SIGTERM."""
@@ -54,6 +57,7 @@ class S3Gateway(Server):
             sweeper = Sweeper(store.manifest, parsed.multipart_expiry)
             sweeper.start()
             cleanup.callback(sweeper.stop)
+            cleanup.callback(store.releaser.run_every(TRIM_INTERVAL))
             server = _Server(uvicorn.Config(
                 app, lifespan="on", access_log=False, log_level="warning",
                 timeout_graceful_shutdown=30, server_header=False, date_header=True,
