@@ -45,6 +45,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from compare import disk_usage  # noqa: E402  (du-style allocated bytes)
 from servers import ServerProcess, free_port, wait_until  # noqa: E402
 from servers.s3 import seaweedfs_server  # noqa: E402
 
@@ -94,16 +95,6 @@ def reset_peak(pid: int) -> None:
     """Start a new VmHWM period (Linux: ``echo 5 > /proc/PID/clear_refs``), if allowed."""
     with contextlib.suppress(OSError):
         Path(f"/proc/{pid}/clear_refs").write_text("5")
-
-
-def disk_bytes(path: Path) -> int:
-    """Allocated bytes under ``path`` (du-style: what the data really costs)."""
-    total = 0
-    for folder, _dirs, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(folder, name)).st_blocks * 512
-    return total
 
 
 def object_bytes(seed: int, size: int) -> bytes:
@@ -194,7 +185,7 @@ def bench_copies(target: Target, args: argparse.Namespace, out: dict[str, float]
     size = args.large_mib * MIB
     body = object_bytes(424242, size)
     os.sync()
-    before = disk_bytes(target.data_dir)
+    before = disk_usage(target.data_dir)[0]
 
     def put(i: int) -> None:
         client.put_object(Bucket=bucket, Key=f"copy/{i}", Body=body)
@@ -202,7 +193,7 @@ def bench_copies(target: Target, args: argparse.Namespace, out: dict[str, float]
     run_parallel(args.threads, list(range(args.copies)), put)
     os.sync()
     time.sleep(1)  # let the servers flush what they buffer
-    out["copies_growth_x"] = (disk_bytes(target.data_dir) - before) / size
+    out["copies_growth_x"] = (disk_usage(target.data_dir)[0] - before) / size
 
 
 @contextlib.contextmanager
@@ -276,7 +267,7 @@ ROWS = [
     ("small GET p50 / p99 ms", ("small_get_p50_ms", "small_get_p99_ms"), "{:.1f}"),
     ("small HEAD ops/s", "small_head_ops", "{:.0f}"),
     ("small HEAD p50 / p99 ms", ("small_head_p50_ms", "small_head_p99_ms"), "{:.1f}"),
-    ("8 copies: storage growth (x one copy)", "copies_growth_x", "{:.2f}"),
+    ("--copies of one object: storage growth (x one copy)", "copies_growth_x", "{:.2f}"),
     ("server peak RSS MiB: large PUT / +GET / small / copies",
      ("large_put_peak_rss_MiB", "large_peak_rss_MiB", "small_peak_rss_MiB",
       "copies_peak_rss_MiB"), "{:.0f}"),

@@ -28,11 +28,8 @@ def limit_malloc_arenas() -> bool:
     Returns whether the limit was set (False off glibc, e.g. musl or macOS). Call it
     before the worker threads start: arenas already made are kept.
     """
-    if not sys.platform.startswith("linux") or "MALLOC_ARENA_MAX" in os.environ:
-        return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
+    mallopt = _glibc("mallopt")
+    if mallopt is None or "MALLOC_ARENA_MAX" in os.environ:
         return False
     return bool(mallopt(M_ARENA_MAX, max(2, os.cpu_count() or 2)))
 
@@ -49,7 +46,7 @@ class FreeMemoryReleaser:
     def __init__(self, interval: float = 1.0) -> None:
         self.interval = interval
         self._next = 0.0
-        self._trim = _malloc_trim()
+        self._trim = _glibc("malloc_trim")
 
     def run_every(self, seconds: float) -> Callable[[], None]:
         """Also release on a daemon thread every ``seconds`` (a server between bursts keeps
@@ -73,10 +70,11 @@ class FreeMemoryReleaser:
         return True
 
 
-def _malloc_trim() -> Any:
+def _glibc(name: str) -> Any:
+    """glibc's function ``name``, or None off Linux/glibc (musl, macOS)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
+        return getattr(ctypes.CDLL("libc.so.6"), name)
     except (OSError, AttributeError):
         return None

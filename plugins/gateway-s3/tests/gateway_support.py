@@ -46,6 +46,15 @@ class Gateway:
     def status(self) -> dict[str, Any]:
         return json.loads(self.runner.ok("status", "--json").out)
 
+    def put_damaged(self, s3: Any, bucket: str, key: str, data: bytes) -> None:
+        """PUT a single-chunk object, then flip one bit of its sealed chunk on disk."""
+        before = self.chunk_files()
+        s3.put_object(Bucket=bucket, Key=key, Body=data)
+        (new,) = set(self.chunk_files()) - set(before)
+        damaged = bytearray(Path(new).read_bytes())
+        damaged[len(damaged) // 2] ^= 0x01
+        Path(new).write_bytes(bytes(damaged))
+
     def chunk_files(self) -> dict[str, int]:
         """Stored chunk objects (local storage) -> mtime_ns: rewritten files show up."""
         root = self.config_dir / "storage" / "chunks"

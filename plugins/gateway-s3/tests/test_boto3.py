@@ -414,12 +414,7 @@ def file_sha256(path: Path) -> bytes:
 def test_damaged_chunk_is_an_error_not_wrong_data(gateway: Gateway, s3: Any,
                                                   bucket: str) -> None:
     data = random.Random(41).randbytes(300_000)
-    before = gateway.chunk_files()
-    s3.put_object(Bucket=bucket, Key="fragile", Body=data)
-    (new,) = set(gateway.chunk_files()) - set(before)
-    damaged = bytearray(Path(new).read_bytes())
-    damaged[len(damaged) // 2] ^= 0x01
-    Path(new).write_bytes(bytes(damaged))
+    gateway.put_damaged(s3, bucket, "fragile", data)
     code, status, _ = error_of(lambda: s3.get_object(Bucket=bucket, Key="fragile"))
     assert (code, status) == ("InternalError", 500)
     assert s3.head_object(Bucket=bucket, Key="fragile")["ContentLength"] == len(data)

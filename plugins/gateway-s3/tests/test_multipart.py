@@ -110,12 +110,7 @@ def test_whole_copy_of_a_single_put_object_reads_no_byte(gateway: Gateway, s3: A
     """Its ETag is the MD5 already, so the source's (damaged) chunk is never opened; a
     ranged copy must read it and fails."""
     data = random.Random(73).randbytes(300_000)
-    before = gateway.chunk_files()
-    s3.put_object(Bucket=bucket, Key="fragile", Body=data)
-    (new,) = set(gateway.chunk_files()) - set(before)
-    damaged = bytearray(Path(new).read_bytes())
-    damaged[len(damaged) // 2] ^= 0x01
-    Path(new).write_bytes(bytes(damaged))
+    gateway.put_damaged(s3, bucket, "fragile", data)
     upload = s3.create_multipart_upload(Bucket=bucket, Key="dst")["UploadId"]
 
     def copy(number: int, **extra: Any) -> dict:

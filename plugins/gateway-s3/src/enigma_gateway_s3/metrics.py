@@ -35,6 +35,7 @@ DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 STATS_TTL = 5.0
 
 #: Sub-resource -> the name part S3 uses for it (GetBucket<part>, PutObject<part>, ...).
+_VERBS = {"GET": "Get", "PUT": "Put", "DELETE": "Delete"}
 _BUCKET_SUB = {
     "accelerate": "AccelerateConfiguration", "acl": "Acl", "cors": "Cors",
     "analytics": "AnalyticsConfiguration", "encryption": "Encryption",
@@ -70,6 +71,7 @@ def operation(method: str, path: str, query: str = "", *, vhost: bool = False,
     return _object_operation(method, params, copy)
 
 
+
 def _bucket_operation(method: str, params: dict[str, str]) -> str:
     if method == "HEAD":
         return "HeadBucket"
@@ -80,12 +82,9 @@ def _bucket_operation(method: str, params: dict[str, str]) -> str:
             return "ListMultipartUploads"
         if "versions" in params:
             return "ListObjectVersions"
-    verb = {"GET": "Get", "PUT": "Put", "DELETE": "Delete"}.get(method)
-    if verb is None:
-        return "Unknown"
-    for name, part in _BUCKET_SUB.items():
-        if name in params:
-            return f"{verb}Bucket{part}"
+    sub = _sub_resource_operation(method, params, "Bucket", _BUCKET_SUB)
+    if sub is not None:
+        return sub
     if method == "GET":
         return "ListObjectsV2" if params.get("list-type") == "2" else "ListObjects"
     return "CreateBucket" if method == "PUT" else "DeleteBucket"
@@ -109,13 +108,25 @@ def _object_operation(method: str, params: dict[str, str], copy: bool) -> str:
         return "UploadPartCopy" if copy else "UploadPart"
     if method == "DELETE" and upload:
         return "AbortMultipartUpload"
-    verb = {"GET": "Get", "PUT": "Put", "DELETE": "Delete"}.get(method)
+    sub = _sub_resource_operation(method, params, "Object", _OBJECT_SUB)
+    if sub is not None:
+        return sub
+    if method == "PUT":
+        return "CopyObject" if copy else "PutObject"
+    return "GetObject" if method == "GET" else "DeleteObject"
+
+
+def _sub_resource_operation(method: str, params: dict[str, str], kind: str,
+                            subresources: dict[str, str]) -> str | None:
+    """``<Verb><Kind><Sub>`` (GetObjectTagging, PutBucketAcl, ...), "Unknown" for a method
+    with no verb, None when no sub-resource is named."""
+    verb = _VERBS.get(method)
     if verb is None:
         return "Unknown"
-    for name, part in _OBJECT_SUB.items():
+    for name, part in subresources.items():
         if name in params:
-            return f"{verb}Object{part}"
-    return "CopyObject" if method == "PUT" and copy else f"{verb}Object"
+            return f"{verb}{kind}{part}"
+    return None
 
 
 class GatewayMetrics:

@@ -62,7 +62,7 @@ class ObjectStore:
         offset = 0
         error: BaseException | None = None
         try:
-            small = body.length is not None and body.length <= self.chunker.single_chunk_limit
+            small = self._one_chunk(body)
             for piece in self._pieces(body):
                 if small:  # one chunk: no thread hand-offs (see ChunkUploader.store_now)
                     done: Future[StoredChunk] = Future()
@@ -74,21 +74,10 @@ class ObjectStore:
                 offset += len(piece)
             body.finish()
         except BaseException as exc:  # still record what was stored, then re-raise
-            error = error or exc
-        stored: list[StoredChunk] = []
-        for future in futures:
-            try:
-                stored.append(future.result())
-            except BaseException as exc:
-                error = error or exc
-        del futures
-        if len(stored) > 1:
+            error = exc
+        if len(futures) > 1:
             self.releaser.maybe_release()  # this PUT's chunk buffers are free now
-        records = self._records_of(stored)
-        if error is not None:
-            if records:  # stored chunks are recorded (refcount 0: gc reclaims them)
-                self.committer.commit(records, None)
-            raise error
+        stored, records = self._settle(futures, error)
         for ref, done in zip(refs, stored, strict=True):
             ref.chunk_id = done.chunk_id
         record = ObjectRecord(bucket=bucket, key=key, size=offset, etag=body.etag,
@@ -124,8 +113,23 @@ class ObjectStore:
                     offset += len(piece)
         except BaseException as exc:  # still record what was stored, then re-raise
             error = exc
+        stored, records = self._settle([future for _ref, future in pending], error)
+        for (ref, _future), done in zip(pending, stored, strict=True):
+            ref.chunk_id = done.chunk_id
+        record = ObjectRecord(bucket=bucket, key=key, size=offset, etag=etag(),
+                              created_at=time.time(), chunks=refs)
+        self.committer.commit(records, record)
+        return record
+
+    def _settle(self, futures: list[Future[StoredChunk]], error: BaseException | None
+                ) -> tuple[list[StoredChunk], list[ChunkRecord]]:
+        """Wait for every chunk: (what was stored, the records to commit with the object).
+
+        On ``error`` (or a failed chunk) the stored chunks are still recorded (refcount 0:
+        gc reclaims them) and the first error is raised; no object is written.
+        """
         stored: list[StoredChunk] = []
-        for _ref, future in pending:
+        for future in futures:
             try:
                 stored.append(future.result())
             except BaseException as exc:
@@ -135,16 +139,15 @@ class ObjectStore:
             if records:
                 self.committer.commit(records, None)
             raise error
-        for (ref, _future), done in zip(pending, stored, strict=True):
-            ref.chunk_id = done.chunk_id
-        record = ObjectRecord(bucket=bucket, key=key, size=offset, etag=etag(),
-                              created_at=time.time(), chunks=refs)
-        self.committer.commit(records, record)
-        return record
+        return stored, records
+
+    def _one_chunk(self, body: Payload) -> bool:
+        """Whether the body is announced small enough to be one chunk."""
+        return body.length is not None and body.length <= self.chunker.single_chunk_limit
 
     def _pieces(self, body: Payload) -> Iterator[bytes]:
         """The body's chunks; a body announced small enough for one chunk skips the cutter."""
-        if body.length is not None and body.length <= self.chunker.single_chunk_limit:
+        if self._one_chunk(body):
             data = body.readall()  # bounded: a body longer than announced raises
             if data:
                 yield data
