@@ -25,7 +25,8 @@ from enigma.plugin_manager import PluginManager
 from enigma.repository import Repository, ensure_private_dir
 
 EXIT_PARTIAL = 3  # restic's code for "backup finished, but some sources could not be read"
-SECRET_KEYS = {"secret_key", "access_key", "password", "passphrase", "token", "cluster_secret"}
+SECRET_KEYS = {"secret_key", "access_key", "password", "passphrase", "token", "cluster_secret",
+               "secret"}
 
 
 class State:
@@ -554,6 +555,7 @@ def serve(state: State) -> None:
         raise ConfigError(f"several servers are installed ({', '.join(names)}); enable one "
                           "by adding its table to enigma.toml")
     cls, options = chosen[0]
+    repo.serving = True
     cls().serve(repo, options)
 
 

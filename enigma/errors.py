@@ -39,3 +39,8 @@ class AuthError(EnigmaError):
 
 class NotFoundError(EnigmaError):
     """A backup, path or other named thing the user asked for does not exist."""
+
+
+class UnavailableError(EnigmaError):
+    """The manifest cannot commit or answer consistently right now (a replicated manifest
+    without a quorum): nothing was changed, retrying later is safe."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from enigma.chunkstore import chunk_id_from_key, chunk_key, with_retries
+from enigma.errors import ConfigError
 from enigma.lock import repository_lock
 from enigma.repository import Repository
 
@@ -34,6 +35,11 @@ def forget_backups(repo: Repository, backup_ids: list[str]) -> list[str]:
 def run_gc(repo: Repository, *, dry_run: bool = False) -> GcResult:
     """Remove interrupted backups, unreferenced chunks and orphan objects."""
     manifest = repo.manifest
+    if manifest.replicated:
+        # The repository lock is per machine: it cannot see uploads in flight on the
+        # other nodes, whose chunks gc would take for orphans.
+        raise ConfigError("enigma gc does not run on a Raft cluster yet: it cannot see "
+                          "uploads in flight on other nodes (forget works; gc later)")
     result = GcResult(dry_run)
     with repository_lock(repo.config.config_dir, exclusive=True):
         # With the exclusive lock held no backup runs, so "running" ones were interrupted.

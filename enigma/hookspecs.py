@@ -65,10 +65,13 @@ def register_commands(cli: Any) -> None:
 
 
 @hookspec
-def wrap_manifest(manifest: Any, config: Any) -> Any:
+def wrap_manifest(manifest: Any, config: Any, repository: Any) -> Any:
     """Return an object that takes over the manifest's mutating operations, or None.
 
     This is the seam for replication: the returned object exposes the same named
     mutating operations as ``enigma.manifest.Manifest`` (e.g. by committing each through
-    Raft before applying it locally). At most one plugin may answer for a given config.
+    Raft before applying it locally) and its ``read_barrier``. ``repository.serving`` is
+    True in ``enigma serve`` (a long-lived cluster member) and False in one-shot CLI
+    commands; ``repository.reveal`` decrypts ``enc:`` secrets. At most one plugin may
+    answer for a given config.
     """

@@ -391,6 +391,10 @@ class Manifest:
         "apply_batch",
     )
 
+    #: True for a copy that a cluster shares (Raft): commands that assume one machine
+    #: writes the repository (gc) refuse it.
+    replicated: bool = False
+
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
         self._lock = threading.RLock()
@@ -576,6 +580,50 @@ class Manifest:
             return conn.execute("PRAGMA user_version").fetchone()[0]
 
     # -- the replication seam ----------------------------------------------------------
+
+    def read_barrier(self) -> None:
+        """Return once every write acknowledged anywhere is visible to reads here.
+
+        A single manifest sees its own writes at once, so this does nothing; a replicated
+        one (Raft) waits until its local copy has applied everything committed before the
+        call. Servers call it once per request before reading.
+        """
+
+    def is_leader(self) -> bool:
+        """Whether this process should run housekeeping meant to run once per repository
+        (expiring abandoned uploads): always for a single manifest, the Raft leader's
+        node in a cluster."""
+        return True
+
+    def snapshot_to(self, path: str | os.PathLike[str]) -> None:
+        """Write a consistent copy of the whole database to ``path`` (SQLite backup API).
+
+        Holds the lock, so the copy sits between two operations: how a replicated log
+        compacts itself into a snapshot.
+        """
+        with self._lock:
+            self._check_open()
+            target = sqlite3.connect(os.fspath(path))
+            try:
+                self._conn.backup(target)
+            finally:
+                target.close()
+
+    def restore_from(self, path: str | os.PathLike[str]) -> None:
+        """Replace the whole database with the copy at ``path`` (a ``snapshot_to`` file).
+
+        The connection stays valid, so holders of this object keep working; a node that
+        installs a snapshot from its leader uses this.
+        """
+        with self._lock:
+            self._check_open()
+            source = sqlite3.connect(os.fspath(path))
+            try:
+                version, app_id = self._header(source)
+                self._check_version(version, app_id)
+                source.backup(self._conn)
+            finally:
+                source.close()
 
     def apply(self, op: str, *args: Any, **kwargs: Any) -> Any:
         """Run the mutating operation named ``op``: how a replicated log replays entries.

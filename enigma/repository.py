@@ -39,6 +39,8 @@ class Repository:
         self.plugins = plugins
         self._passphrase_source = passphrase or (lambda confirm: None)
         self._keys: KeyMaterial | None = None
+        #: True in ``enigma serve``: a manifest plugin (Raft) may then run a cluster member.
+        self.serving = False
 
     # -- keys --------------------------------------------------------------------------
 
@@ -80,8 +82,8 @@ class Repository:
         path = self.config.db_path
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         manifest = Manifest(path)
-        wrapped = [w for w in self.plugins.pm.hook.wrap_manifest(manifest=manifest,
-                                                                  config=self.config)
+        wrapped = [w for w in self.plugins.pm.hook.wrap_manifest(
+                       manifest=manifest, config=self.config, repository=self)
                    if w is not None]
         if len(wrapped) > 1:
             raise PluginError("more than one plugin wants to wrap the manifest; "
@@ -96,7 +98,7 @@ class Repository:
         built: dict[str, StorageProvider] = {}
         for entry in self.config.providers:
             cls = self.plugins.get("storage", entry.type)
-            options = {k: self._reveal(v) for k, v in entry.options.items()}
+            options = {k: self.reveal(v) for k, v in entry.options.items()}
             index = entry.index if entry.index >= 0 else None
             provider = construct(
                 cls, options,
@@ -105,7 +107,7 @@ class Repository:
             built[entry.name] = provider
         return built
 
-    def _reveal(self, value: Any) -> Any:
+    def reveal(self, value: Any) -> Any:
         """Decrypt ``enc:`` credentials with the keystore's credential key."""
         if isinstance(value, str) and crypto.is_encrypted(value):
             return crypto.decrypt_credential(self.keys.credential_key, value)

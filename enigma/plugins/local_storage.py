@@ -85,6 +85,7 @@ class LocalStorage(StorageProvider):
         access_key: str | None = None,
         secret_key: str | None = None,
         fsync: str = "batch",
+        shared: bool = False,
     ) -> None:
         # ``bucket`` doubles as the directory (the seed config gives every provider one);
         # the S3-style options are accepted and ignored for the same reason.
@@ -98,6 +99,11 @@ class LocalStorage(StorageProvider):
         if fsync not in ("always", "batch"):
             raise ConfigError("Local storage 'fsync' must be \"always\" or \"batch\"")
         self.fsync_each = fsync == "always"
+        if not isinstance(shared, bool):
+            raise ConfigError("Local storage 'shared' must be true or false")
+        #: Declared reachable by every node of a cluster (an NFS mount, a shared volume):
+        #: Raft refuses a node-local directory, whose chunks the other nodes cannot read.
+        self.shared = shared
         self._known_dirs: set[str] = set()
 
     def __repr__(self) -> str:

@@ -9,6 +9,7 @@ hashing, sealing, SQLite and storage I/O never block the loop, and memory stays 
 from __future__ import annotations
 
 import base64
+import contextlib
 import email.utils
 import logging
 import re
@@ -25,7 +26,7 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 
-from enigma.errors import EnigmaError, IntegrityError, NotFoundError
+from enigma.errors import EnigmaError, IntegrityError, NotFoundError, UnavailableError
 from enigma.lock import RepositoryBusy, repository_lock
 from enigma.manifest import BucketRecord, ObjectRecord
 from enigma_gateway_s3 import body as body_checksums
@@ -162,11 +163,15 @@ class Handler:
                                           self.headers), self.app.options.credentials)
         self.owner = auth.access_key
         self.auth = auth
-        if self.method not in ("PUT", "POST"):
+        # With a replicated manifest, wait until every write acknowledged by any node is
+        # visible here (a no-op otherwise): reads, and the checks writes make first.
+        self.app.manifest.read_barrier()
+        if self.method not in ("PUT", "POST") or self.app.manifest.replicated:
             return self.dispatch()
         # Writes hold the repository lock shared, as backups do: `enigma gc` (exclusive)
         # must not run while chunks are stored but not yet recorded or referenced, or it
-        # would delete them as orphans or as unreferenced.
+        # would delete them as orphans or as unreferenced. (A cluster refuses gc: the lock
+        # is per machine, and a node's config directory may be read-only.)
         try:
             with repository_lock(self.app.config_dir, exclusive=False):
                 return self.dispatch()
@@ -672,7 +677,8 @@ class S3App:
         self.manifest = store.manifest
         self.options = options
         self.config_dir = store.repo.config.config_dir
-        ensure_bucket(self.manifest)
+        with contextlib.suppress(UnavailableError):  # a cluster without quorum yet
+            ensure_bucket(self.manifest)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -697,6 +703,10 @@ class S3App:
             response = await anyio.to_thread.run_sync(handler.run)
         except S3Error as exc:
             response = self.error(exc, scope, request_id, head)
+        except UnavailableError as exc:  # a cluster without quorum: nothing was changed
+            log.warning("%s %s: %s", scope["method"], scope["path"], exc)
+            response = self.error(S3Error("ServiceUnavailable", str(exc)), scope,
+                                  request_id, head)
         except EnigmaError as exc:  # storage or integrity trouble: one line, no traceback
             log.error("%s %s failed: %s", scope["method"], scope["path"], exc)
             response = self.error(S3Error("InternalError", str(exc) or None), scope,

@@ -258,6 +258,7 @@ class Multipart:
 
     def create(self, bucket: str, key: str) -> Response:
         self.h.require_bucket(bucket)
+        ensure_bucket(self.manifest)  # a cluster may have had no quorum at start-up
         now = time.time()
         upload_id = new_upload_id(now)
         metadata = {"bucket": bucket, "key": key, "owner": self.h.owner,
@@ -521,7 +522,8 @@ class Sweeper:
         interval = min(3600.0, max(self.expiry / 4, 0.5))
         while not self._stop.is_set():
             try:
-                expire_uploads(self.manifest, time.time() - self.expiry)
+                if self.manifest.is_leader():  # one node of a cluster sweeps for all
+                    expire_uploads(self.manifest, time.time() - self.expiry)
             except Exception as exc:  # never let the sweeper die; try again next time
                 logging.getLogger("enigma_gateway_s3").error(
                     "expiring multipart uploads failed: %s", exc)

@@ -32,7 +32,7 @@ class S3Gateway(Server):
 
         config = repository.config
         parsed = parse_options(options, lambda key: config.where(self.config_table, key),
-                               repository._reveal, config.resolve)
+                               repository.reveal, config.resolve)
         with ExitStack() as cleanup:
             # Both addresses are bound before the keys are unlocked: a taken port fails fast.
             sock = _bind(parsed.host, parsed.port,
@@ -52,7 +52,7 @@ class S3Gateway(Server):
             if metrics is not None:
                 from enigma_gateway_s3.metrics import GatewayMetrics, RepositoryCollector
 
-                registry.register(RepositoryCollector(store.manifest, str(config.db_path)))
+                registry.register(RepositoryCollector(store.manifest, store.manifest.path))
                 app = GatewayMetrics(registry, parsed.domains).wrap(app)
             sweeper = Sweeper(store.manifest, parsed.multipart_expiry)
             sweeper.start()

@@ -1,0 +1,1 @@
+"""Raft replication of Enigma's manifest (``enigma-raft``), on pysyncobj."""
