@@ -194,3 +194,21 @@ def test_cli_without_a_reachable_cluster_is_a_clean_error(tmp_path: Path) -> Non
     result = Enigma(cluster.nodes[0].config_dir)("list")
     assert_clean_error(result, "no Raft leader reachable")
     assert time.monotonic() - started < 20
+
+
+def test_writes_right_after_bucket_changes_on_another_node(cluster: Cluster) -> None:
+    """A plain PUT skips the read barrier unless its bucket looks missing: the commit checks
+    the bucket again in log order, so it neither misses a new bucket nor revives a
+    deleted one."""
+    a, b, c = (node.client() for node in cluster.nodes)
+    for number in range(5):
+        name = f"fresh-{number}"
+        a.create_bucket(Bucket=name)
+        b.put_object(Bucket=name, Key="k", Body=b"x")
+        assert c.get_object(Bucket=name, Key="k")["Body"].read() == b"x"
+        c.delete_object(Bucket=name, Key="k")
+        a.delete_bucket(Bucket=name)
+        with pytest.raises(ClientError) as failure:
+            b.put_object(Bucket=name, Key="k", Body=b"x")
+        assert failure.value.response["Error"]["Code"] == "NoSuchBucket"
+    assert_same_manifests_after_cli(cluster)

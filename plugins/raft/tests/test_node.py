@@ -129,3 +129,18 @@ def test_snapshot_file_round_trip(tmp_path: Path) -> None:
         SnapshotFile(target).deserialize(str(tmp_path / "bad"))
     source.close()
     target.close()
+
+
+def test_the_journal_is_the_durable_one(solo: ReplicatedManifest) -> None:
+    import pysyncobj.syncobj
+    from enigma_raft.node import DurableJournal
+    from pysyncobj.journal import createJournal
+
+    journal = solo.node._SyncObj__raftLog  # pysyncobj keeps it private
+    assert isinstance(journal, DurableJournal)
+    assert pysyncobj.syncobj.createJournal is createJournal  # swapped back after start
+    flushed: list[int] = []
+    original = journal.flush
+    journal.flush = lambda: (flushed.append(1), original())[1]
+    solo.create_bucket(BucketRecord("bucket-durable", "owner", 1.0))
+    assert flushed, "an entry was appended without msync"

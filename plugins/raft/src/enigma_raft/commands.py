@@ -64,7 +64,8 @@ def _peers(options: RaftOptions, view: dict[str, Any], leader: str | None
     """Every member the leader (or, without one, the asked node) knows, with its lag."""
     members = sorted({key.rsplit("_server_", 1)[1] for key in view
                       if key.startswith("partner_node_status_server_")}
-                     | ({str(view["self"])} if view.get("self") is not None else set()))
+                     | ({str(view["self"])} if view.get("self") is not None else set()),
+                     key=options.name_of)
     peers = []
     for addr in members:
         is_leader = addr == leader

@@ -9,12 +9,15 @@ same. The one extra entry is the read barrier, a no-op (see ``ReplicatedManifest
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import pysyncobj.syncobj
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from pysyncobj.journal import FileJournal, createJournal
 
 from enigma.errors import EnigmaError, UnavailableError
 from enigma.manifest import Manifest
@@ -75,7 +78,14 @@ class ManifestNode(SyncObj):
     def __init__(self, manifest: Manifest, addr: str | None, peers: list[str],
                  conf: SyncObjConf) -> None:
         self.manifest = manifest
-        super().__init__(addr, peers, conf)
+        # pysyncobj has no journal option: SyncObj.__init__ calls its module's
+        # createJournal, so that name points at the durable one while it runs.
+        with _JOURNAL_SWAP:
+            pysyncobj.syncobj.createJournal = _durable_journal
+            try:
+                super().__init__(addr, peers, conf)
+            finally:
+                pysyncobj.syncobj.createJournal = createJournal
 
     @replicated
     def apply_operation(self, op: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
@@ -146,6 +156,52 @@ class ManifestNode(SyncObj):
             "leader": str(leader) if leader is not None else None,
             "has_quorum": raw.get("has_quorum"),
         }
+
+
+class DurableJournal(FileJournal):
+    """pysyncobj's file journal, made durable before Raft relies on it.
+
+    The stock one writes entries into an ``mmap`` and the term/vote through a rename, and
+    syncs neither: that survives a killed process but not a power cut, after which a
+    member could have acknowledged entries or a vote it no longer has. An entry's
+    ``msync`` costs ~0.1 ms here, and the gateway's group commit keeps entries few.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self._meta = path + ".meta"
+
+    def add(self, command: bytes, idx: int, term: int) -> None:
+        super().add(command, idx, term)
+        self.flush()
+
+    def deleteEntriesFrom(self, entryFrom: int) -> None:
+        super().deleteEntriesFrom(entryFrom)
+        self.flush()
+
+    def clear(self) -> None:
+        super().clear()
+        self.flush()
+
+    def setCurrentTerm(self, term: int, votedForNodeId: Any) -> None:
+        super().setCurrentTerm(term, votedForNodeId)
+        _fsync_path(self._meta)
+        _fsync_path(os.path.dirname(os.path.abspath(self._meta)))
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _durable_journal(path: str | None) -> Any:
+    return createJournal(None) if path is None else DurableJournal(path)
+
+
+_JOURNAL_SWAP = threading.Lock()
 
 
 def _reason(error: int) -> str:
