@@ -595,6 +595,11 @@ class Manifest:
         node in a cluster."""
         return True
 
+    def cluster_status(self) -> dict[str, Any] | None:
+        """Replication state for metrics and status (role, term, indexes, peers' match
+        index); None for a manifest nothing replicates."""
+        return None
+
     def snapshot_to(self, path: str | os.PathLike[str]) -> None:
         """Write a consistent copy of the whole database to ``path`` (SQLite backup API).
 

@@ -32,6 +32,7 @@ class Node:
     s3_port: int
     raft_port: int
     process: ServerProcess | None = None
+    metrics_port: int = field(default_factory=free_port)
 
     @property
     def config_dir(self) -> Path:
@@ -67,6 +68,18 @@ class Node:
         from pysyncobj.utility import TcpUtility
 
         return TcpUtility(CLUSTER_SECRET, 5.0).executeCommand(self.raft_addr, ["status"])
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """This node's Prometheus samples: (name, sorted labels) -> value."""
+        import urllib.request
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
+                                    timeout=5) as response:
+            text = response.read().decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
 
     def manifest_digest(self) -> str:
         """A checksum of the content of this node's manifest copy (every table, sorted)."""
@@ -127,7 +140,7 @@ class Cluster:
             self._base_config()
             + f'\n[s3_proxy]\nlisten_addr = "127.0.0.1:{node.s3_port}"\n'
               f'access_key = "{ACCESS_KEY}"\nsecret_key = "{self.secret_token}"\n'
-              f'multipart_expiry = 0\n'
+              f'multipart_expiry = 0\nmetrics_addr = "127.0.0.1:{node.metrics_port}"\n'
             + f'\n[raft]\nnode_id = "{node.name}"\ndata_dir = "{node.root / "raft"}"\n'
               f'secret = "{self.cluster_token}"\n{self.raft_extra}' + peers)
 

@@ -77,7 +77,7 @@ def assert_all_readable(nodes: list[Node], keys: list[str]) -> None:
 
 def assert_same_manifests(nodes: list[Node]) -> None:
     for node in nodes:
-        node.client().head_bucket(Bucket=BUCKET)  # a read: a barrier, so all is applied
+        node.client().list_buckets()  # a read: a barrier, so all is applied
     digests = {node.name: node.manifest_digest() for node in nodes}
     assert len(set(digests.values())) == 1, digests
 
@@ -178,14 +178,7 @@ def test_cli_backup_and_restore_through_the_cluster(cluster: Cluster, tmp_path: 
     assert snapshot(restored_root(tmp_path / "restored", tree)) == snapshot(tree)
     again = second.ok("backup", str(tree)).err  # the file cache replicated too
     assert "0 new" in again and "0 changed" in again, again
-    assert_same_manifests_after_cli(cluster)
-
-
-def assert_same_manifests_after_cli(cluster: Cluster) -> None:
-    for node in cluster.nodes:
-        node.client().list_buckets()  # a barrier on each node
-    digests = {node.name: node.manifest_digest() for node in cluster.nodes}
-    assert len(set(digests.values())) == 1, digests
+    assert_same_manifests(cluster.nodes)
 
 
 def test_cli_without_a_reachable_cluster_is_a_clean_error(tmp_path: Path) -> None:
@@ -211,4 +204,28 @@ def test_writes_right_after_bucket_changes_on_another_node(cluster: Cluster) -> 
         with pytest.raises(ClientError) as failure:
             b.put_object(Bucket=name, Key="k", Body=b"x")
         assert failure.value.response["Error"]["Code"] == "NoSuchBucket"
-    assert_same_manifests_after_cli(cluster)
+    assert_same_manifests(cluster.nodes)
+
+
+def test_metrics_show_role_term_and_lag(cluster: Cluster) -> None:
+    leader = cluster.wait_for_leader()
+    follower = next(n for n in cluster.nodes if n is not leader)
+    before = leader.metrics()[("enigma_raft_commit_index", ())]
+    client = follower.client()
+    client.create_bucket(Bucket=BUCKET)
+    for number in range(10):
+        client.put_object(Bucket=BUCKET, Key=f"m{number}", Body=body_of(f"m{number}"))
+    leader.client().list_buckets()  # a barrier: the peers have caught up with the writes
+    mine, theirs = leader.metrics(), follower.metrics()
+    assert mine[("enigma_raft_role", (("role", "leader"),))] == 1
+    assert theirs[("enigma_raft_role", (("role", "follower"),))] == 1
+    assert theirs[("enigma_raft_role", (("role", "leader"),))] == 0
+    assert mine[("enigma_raft_term", ())] == theirs[("enigma_raft_term", ())] >= 1
+    # One after another, each of the 11 writes is its own entry (plus read barriers).
+    assert mine[("enigma_raft_commit_index", ())] >= before + 11
+    assert mine[("enigma_raft_apply_lag", ())] == 0
+    peers = {labels[0][1]: value for (name, labels), value in mine.items()
+             if name == "enigma_raft_peer_lag"}
+    assert set(peers) == {n.raft_addr for n in cluster.nodes if n is not leader}
+    assert all(lag <= 1 for lag in peers.values()), peers
+    assert not any(name == "enigma_raft_peer_lag" and labels for (name, labels) in theirs)

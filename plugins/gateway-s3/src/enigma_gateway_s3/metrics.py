@@ -268,6 +268,33 @@ class RepositoryCollector(Collector):
              "bytes of one copy of each chunk"),
         ):
             yield GaugeMetricFamily(name, text, value=stats[key])
+        yield from self._cluster()
+
+    def _cluster(self) -> Iterator[GaugeMetricFamily]:
+        """Raft state when the manifest is replicated (enigma-raft), read live."""
+        status = self.manifest.cluster_status()
+        if status is None:
+            return
+        role = GaugeMetricFamily("enigma_raft_role", "This node's Raft role (1 for the "
+                                 "current one)", labels=["role"])
+        for name in ("follower", "candidate", "leader"):
+            role.add_metric([name], 1 if status["role"] == name else 0)
+        yield role
+        for name, key, text in (
+            ("enigma_raft_term", "term", "Current Raft term"),
+            ("enigma_raft_commit_index", "commit_index", "Highest log entry known committed"),
+            ("enigma_raft_last_applied", "last_applied", "Highest log entry applied to this "
+             "node's manifest"),
+        ):
+            yield GaugeMetricFamily(name, text, value=status[key] or 0)
+        yield GaugeMetricFamily("enigma_raft_apply_lag", "Committed entries not yet applied "
+                                "here", value=(status["commit_index"] or 0)
+                                - (status["last_applied"] or 0))
+        lag = GaugeMetricFamily("enigma_raft_peer_lag", "Committed entries a peer's log lacks "
+                                "(the leader reports it)", labels=["peer"])
+        for peer, match in sorted(status["peers_match_index"].items()):
+            lag.add_metric([peer], max((status["commit_index"] or 0) - match, 0))
+        yield lag
 
 
 class MetricsServer:

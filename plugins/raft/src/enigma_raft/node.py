@@ -148,6 +148,7 @@ class ManifestNode(SyncObj):
         """Role, term, indexes and leader, from this node's point of view."""
         raw = self.getStatus()
         leader = raw.get("leader")
+        prefix = "match_idx_server_"
         return {
             "role": ROLES.get(raw.get("state", 0), str(raw.get("state"))),
             "term": raw.get("raft_term"),
@@ -155,6 +156,9 @@ class ManifestNode(SyncObj):
             "last_applied": raw.get("last_applied"),
             "leader": str(leader) if leader is not None else None,
             "has_quorum": raw.get("has_quorum"),
+            # The leader's view of each peer's replicated log (empty on followers).
+            "peers_match_index": {key[len(prefix):]: value for key, value in raw.items()
+                                  if key.startswith(prefix)},
         }
 
 

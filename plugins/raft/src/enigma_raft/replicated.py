@@ -93,6 +93,9 @@ class ReplicatedManifest:
     def is_leader(self) -> bool:
         return bool(self.node._isLeader())
 
+    def cluster_status(self) -> dict[str, Any]:
+        return self.node.status()
+
     def close(self) -> None:
         """Leave the cluster's traffic first, then close the local copy."""
         self.node.destroy_synchronous()
