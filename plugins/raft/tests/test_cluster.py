@@ -131,6 +131,13 @@ def test_new_empty_node_catches_up_from_a_snapshot(cluster: Cluster, tmp_path: P
     assert all(n.name in status for n in cluster.nodes), status
     assert '"role": "' in status and '"lag": 0' in status, status
 
+    Enigma(cluster.nodes[0].config_dir).ok("raft", "remove-node", fourth.raft_addr)
+    fourth.process.stop()
+    wait_for(lambda: f"match_idx_server_{fourth.raft_addr}" not in leader.status(), 10,
+             "the leader to drop the removed node")
+    client.put_object(Bucket=BUCKET, Key="after-removal", Body=body_of("after-removal"))
+    assert_all_readable(cluster.nodes[:3], ["after-removal"])
+
 
 def test_without_quorum_writes_fail_with_503_and_nothing_acknowledged_is_lost(
         tmp_path: Path) -> None:
