@@ -169,7 +169,7 @@ class _Backup:
                 self.stats.chunks_new += 1
                 self.stats.bytes_new += record.size
                 self.stats.bytes_stored += record.stored_size
-                self.stats.bytes_uploaded += record.stored_size * len(record.providers)
+                self.stats.bytes_uploaded += self.uploader.store.uploaded_size(record)
 
     def queue_small(self) -> None:
         """Hand the waiting single-chunk files to the pipeline as one group."""

@@ -1,21 +1,37 @@
 """Chunks in and out of storage: id, dedup, compress, seal, place; fetch, open, check.
 
 The one place that turns plaintext into stored objects and back, shared by backup,
-restore, verify and (later) the S3 gateway.
+restore, verify, repair and the S3 gateway. A chunk lives on one provider, as whole copies
+on several (Replicate), or as Reed-Solomon shards on several (Erasure, ``enigma.erasure``).
+Every object is self-describing, so a read needs only the chunk's provider labels: copies
+are tried one after another, shards gathered k at a time in parallel, and anything missing,
+unreachable or damaged is passed over until the AES-GCM tag accepts a result.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from functools import cached_property
+from typing import Any, Generic, TypeVar
 
-from enigma import crypto
-from enigma.errors import IntegrityError, ObjectNotFound, StorageError, TransientStorageError
+from enigma import crypto, erasure
+from enigma.errors import (
+    ConfigError,
+    IntegrityError,
+    ObjectNotFound,
+    StorageError,
+    TransientStorageError,
+)
+from enigma.interfaces import DistributionPolicy
 from enigma.manifest import ChunkRecord
+from enigma.plugins.distribution import Redundancy, redundancy_of
 from enigma.repository import Repository
 
 T = TypeVar("T")
@@ -28,6 +44,11 @@ MAX_BACKOFF = 5.0
 MIN_SAVING = 0.02
 #: Bytes of a large chunk test-compressed to decide whether compressing it pays.
 SAMPLE = 64 * 1024
+#: Threads fetching the shards of one chunk at once, shared by every ChunkStore.
+SHARD_FETCH_THREADS = 32
+#: Sets of k shards tried per chunk when decoded shards fail authentication (tampering that
+#: kept the CRCs right); C(k+m, k) is small for any sensible layout.
+MAX_DECODE_TRIES = 32
 
 
 def chunk_key(chunk_id: bytes) -> str:
@@ -88,6 +109,95 @@ class StoredChunk:
     record: ChunkRecord | None
 
 
+@dataclass
+class Fetched:
+    """One provider's object of a chunk, or why there is none."""
+
+    label: str
+    blob: bytes | None = None
+    error: str = ""
+    #: False when the chunk lists a provider that is no longer in the config.
+    configured: bool = True
+
+
+class ChunkAssembler(Generic[T]):
+    """The objects read for one chunk so far, and the first result they yield.
+
+    A whole copy is handed to ``accept`` at once; shards are grouped by encoding (set id,
+    k, m, length) and every new set of k of one encoding is decoded and handed to
+    ``accept``. ``accept`` raises ``IntegrityError`` to reject a candidate (AES-GCM), and
+    the next one is tried.
+    """
+
+    def __init__(self, chunk_id: bytes, accept: Callable[[bytes], T]) -> None:
+        self.chunk_id = chunk_id
+        self.accept = accept
+        self.errors: list[str] = []
+        #: encoding -> shard index -> (label, shard)
+        self.sets: dict[tuple[bytes, int, int, int], dict[int, tuple[str, erasure.Shard]]] = {}
+        self._tried: set[tuple[Any, ...]] = set()
+        self.result: T | None = None
+        self.sealed: bytes | None = None
+        #: The encoding the accepted sealed chunk was decoded from; None for a whole copy.
+        self.encoding: tuple[bytes, int, int, int] | None = None
+
+    def add(self, fetched: Fetched) -> bool:
+        """Take one provider's answer; True once a result has been accepted."""
+        if fetched.blob is None:
+            self.errors.append(fetched.error)
+            return False
+        where = f"provider '{fetched.label}'"
+        if not erasure.is_shard(fetched.blob):
+            return self._try(fetched.blob, where)
+        try:
+            shard = erasure.parse(fetched.blob)
+        except IntegrityError as exc:
+            self.errors.append(f"{where}: {exc}")
+            return False
+        self.sets.setdefault(shard.encoding, {}).setdefault(shard.index, (fetched.label, shard))
+        return self._decode()
+
+    def _try(self, sealed: bytes, where: str,
+             encoding: tuple[bytes, int, int, int] | None = None) -> bool:
+        try:
+            self.result = self.accept(sealed)
+        except IntegrityError as exc:
+            message = str(exc).removeprefix(f"chunk {self.chunk_id.hex()[:12]}: ")
+            self.errors.append(f"{where}: {message}")
+            return False
+        self.sealed, self.encoding = sealed, encoding
+        return True
+
+    def _decode(self) -> bool:
+        for encoding, group in self.sets.items():
+            k = encoding[1]
+            for combo in itertools.combinations(sorted(group), k):
+                if (encoding, combo) in self._tried:
+                    continue
+                if len(self._tried) >= MAX_DECODE_TRIES:
+                    return False
+                self._tried.add((encoding, combo))
+                sealed = erasure.decode([group[i][1] for i in combo])
+                where = f"shards {','.join(map(str, combo))} of {k}+{encoding[2]}"
+                if self._try(sealed, where, encoding):
+                    return True
+        return False
+
+    def needed(self) -> int:
+        """How many objects to fetch next: what the fullest shard set lacks, else one."""
+        lacking = [enc[1] - len(group) for enc, group in self.sets.items()]
+        short = [n for n in lacking if n > 0]
+        return min(short) if short else 1
+
+    def failure(self) -> str:
+        """Why no result came out, in one line."""
+        notes = list(self.errors)
+        for (_set, k, m, _length), group in self.sets.items():
+            if len(group) < k:
+                notes.append(f"only {len(group)} of the {k} shards needed ({k}+{m})")
+        return f"chunk {self.chunk_id.hex()[:12]}: " + "; ".join(notes or ["no copy"])
+
+
 class ChunkStore:
     """Stores and loads chunks for one repository; every method is safe from many threads."""
 
@@ -97,8 +207,25 @@ class ChunkStore:
         self.manifest = repo.manifest
         self.providers = repo.providers
         self.compressor = repo.compressor
-        self.distribution = repo.distribution
         self.sealer = crypto.ChunkSealer(self.keys.data_keys, self.keys.current_key_id)
+        #: Providers whose last read failed (not "missing": unreachable): read them last, so
+        #: one dead cloud costs its retry budget once, not once per chunk.
+        self._failing: set[str] = set()
+
+    @property
+    def distribution(self) -> DistributionPolicy:
+        """Built on first write: reading must work with a lost provider taken out of the
+        config, even when that leaves too few for the policy to place new chunks."""
+        return self.repo.distribution
+
+    @cached_property
+    def _read_hint(self) -> Redundancy:
+        """How chunks are probably laid out: decides how many objects the first read asks
+        for at once (a wrong guess costs a round trip, never correctness)."""
+        try:
+            return redundancy_of(self.repo.distribution)
+        except ConfigError:
+            return Redundancy()
 
     def identify(self, data: bytes | memoryview) -> bytes:
         return crypto.chunk_id(self.keys.id_key, data)
@@ -117,6 +244,24 @@ class ChunkStore:
                              providers=tuple(targets), created_at=time.time())
         return record, sealed
 
+    def placements(self, record: ChunkRecord, sealed: bytes) -> list[tuple[str, bytes]]:
+        """What each provider of a new chunk stores: the sealed chunk itself (one provider,
+        or each copy), or under an erasure policy shard i on ``record.providers[i]``."""
+        redundancy = redundancy_of(self.distribution)
+        if not redundancy.erasure:
+            return [(label, sealed) for label in record.providers]
+        shards = erasure.encode(sealed, redundancy.data_shards, redundancy.parity_shards)
+        return list(zip(record.providers, shards, strict=True))
+
+    def uploaded_size(self, record: ChunkRecord) -> int:
+        """Bytes a new chunk's objects take on all its providers together (copies count
+        whole, shards at their own size): what a backup reports as uploaded."""
+        redundancy = redundancy_of(self.distribution)
+        if not redundancy.erasure:
+            return record.stored_size * len(record.providers)
+        return erasure.shard_object_size(record.stored_size, redundancy.data_shards) * \
+            len(record.providers)
+
     def worth_compressing(self, data: bytes | memoryview) -> bool:
         """Probe a large chunk's first 64 KiB: random or already-compressed data (media,
         archives) skips the full compression it would not survive anyway."""
@@ -132,27 +277,107 @@ class ChunkStore:
         if self.manifest.has_chunk(chunk_id):
             return StoredChunk(chunk_id, len(data), None)
         record, sealed = self.seal(chunk_id, data)
-        key = chunk_key(chunk_id)
-        for label in record.providers:
-            with_retries(f"storing on provider '{label}'", self.providers[label].put, key, sealed)
+        self.store_objects(chunk_id, self.placements(record, sealed))
         return StoredChunk(chunk_id, len(data), record)
 
+    def store_objects(self, chunk_id: bytes, placements: list[tuple[str, bytes]]) -> None:
+        """Write a chunk's objects (copies or shards) to their providers, in parallel."""
+        key = chunk_key(chunk_id)
+
+        def store(label: str, blob: bytes) -> None:
+            with_retries(f"storing on provider '{label}'", self.providers[label].put, key, blob)
+
+        if len(placements) == 1:
+            store(*placements[0])
+            return
+        for future in [_fetch_pool().submit(store, *p) for p in placements]:
+            future.result()
+
+    # -- reading -------------------------------------------------------------------------
+
+    def fetch(self, chunk_id: bytes, label: str) -> Fetched:
+        """One provider's object of a chunk; failures are described, not raised."""
+        provider = self.providers.get(label)
+        if provider is None:
+            return Fetched(label, error=f"provider '{label}' is not configured",
+                           configured=False)
+        try:
+            blob = with_retries(f"reading from provider '{label}'", provider.get,
+                                chunk_key(chunk_id))
+        except ObjectNotFound:
+            return Fetched(label, error=f"missing on provider '{label}'")
+        except StorageError as exc:
+            self._failing.add(label)
+            return Fetched(label, error=str(exc))
+        self._failing.discard(label)
+        return Fetched(label, blob)
+
+    def failing(self, label: str) -> bool:
+        """Whether the provider's last read failed for another reason than a missing object."""
+        return label in self._failing
+
+    def mark_failing(self, label: str) -> None:
+        """The provider is known to be unreachable (e.g. its ``check`` failed)."""
+        self._failing.add(label)
+
+    def fetch_many(self, chunk_id: bytes, labels: list[str], *,
+                   skip_failing: bool = False) -> Iterator[Fetched]:
+        """Several providers' objects of a chunk, fetched in parallel, as they arrive.
+
+        ``skip_failing`` answers for providers known to be unreachable without asking them
+        (and waiting out the retry budget once per chunk)."""
+        if skip_failing:
+            for label in [label for label in labels if label in self._failing]:
+                yield Fetched(label, error=f"provider '{label}' is unreachable")
+            labels = [label for label in labels if label not in self._failing]
+        if len(labels) == 1:
+            yield self.fetch(chunk_id, labels[0])
+            return
+        futures = [_fetch_pool().submit(self.fetch, chunk_id, label) for label in labels]
+        for future in as_completed(futures):
+            yield future.result()
+
+    def read_order(self, record: ChunkRecord) -> list[str]:
+        """Providers to read a chunk from: rotated by chunk id so the reads of a restore
+        spread over every copy, with providers that just failed last."""
+        labels = list(record.providers)
+        if len(labels) > 1:
+            start = record.id[0] % len(labels)
+            labels = labels[start:] + labels[:start]
+            failing = self._failing
+            labels.sort(key=lambda label: label in failing)
+        return labels
+
+    def assemble(self, record: ChunkRecord, accept: Callable[[bytes], T]) -> ChunkAssembler[T]:
+        """Read a chunk until ``accept`` takes a copy or a decoded set of shards.
+
+        The first wave asks for as many objects as the configured policy needs (k shards
+        in parallel under Erasure, one copy otherwise); each later wave asks for what is
+        still lacking. ``IntegrityError`` naming every failure if nothing is accepted.
+        """
+        assembler = ChunkAssembler(record.id, accept)
+        order = self.read_order(record)
+        hint = self._read_hint
+        want = min(hint.data_shards, len(order)) if hint.erasure else 1
+        while order:
+            wave, order = order[:max(1, want)], order[max(1, want):]
+            for fetched in self.fetch_many(record.id, wave):
+                if assembler.add(fetched):
+                    return assembler
+            want = assembler.needed()
+        raise IntegrityError(assembler.failure())
+
+    def authentic(self, chunk_id: bytes, sealed: bytes) -> bytes:
+        """``sealed`` if it passes AES-GCM for this chunk id, else ``IntegrityError``."""
+        self.sealer.open(chunk_id, sealed)
+        return sealed
+
     def fetch_sealed(self, record: ChunkRecord) -> bytes:
-        """The sealed object from the first provider that has it."""
-        errors: list[str] = []
-        for label in record.providers:
-            provider = self.providers.get(label)
-            if provider is None:
-                errors.append(f"provider '{label}' is not configured")
-                continue
-            try:
-                return with_retries(f"reading from provider '{label}'", provider.get,
-                                    chunk_key(record.id))
-            except ObjectNotFound:
-                errors.append(f"missing on provider '{label}'")
-            except StorageError as exc:
-                errors.append(str(exc))
-        raise IntegrityError(f"chunk {record.id.hex()[:12]}: " + "; ".join(errors or ["no copy"]))
+        """An authentic sealed chunk: a copy, or one decoded from shards, that AES-GCM
+        accepts for this id (a damaged or missing copy or shard is passed over)."""
+        result = self.assemble(record, lambda sealed: self.authentic(record.id, sealed)).result
+        assert result is not None
+        return result
 
     def open(self, chunk_id: bytes, sealed: bytes, *, check_id: bool = True) -> bytes:
         """Authenticate, decrypt, decompress and re-check the keyed id of a sealed chunk.
@@ -172,8 +397,26 @@ class ChunkStore:
         return payload
 
     def get(self, record: ChunkRecord, *, check_id: bool = True) -> bytes:
-        """The plaintext of a recorded chunk, authenticated (see ``open``)."""
-        return self.open(record.id, self.fetch_sealed(record), check_id=check_id)
+        """The plaintext of a recorded chunk, authenticated (see ``open``), from whichever
+        copy or shards of it are sound."""
+        result = self.assemble(
+            record, lambda sealed: self.open(record.id, sealed, check_id=check_id)).result
+        assert result is not None
+        return result
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _fetch_pool() -> ThreadPoolExecutor:
+    """The shared pool for one chunk's parallel reads and writes (its tasks never wait on
+    it themselves, so callers running in other pools cannot deadlock it)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(SHARD_FETCH_THREADS, thread_name_prefix="enigma-shard")
+        return _pool
 
 
 #: No chunker may emit more than this; bounds decompression output (zip bombs).

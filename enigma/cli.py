@@ -145,6 +145,7 @@ def init(state: State) -> None:
         click.echo(f"keys exist and unlock (key versions: {sorted(keys.data_keys)})",
                    err=True)
     else:
+        refuse_existing_repository(repo)
         repo.create_keys()
         click.echo(f"created keys with key provider '{provider.name}'", err=True)
     repo.chunker, repo.compressor, repo.distribution  # noqa: B018 - config errors now
@@ -158,6 +159,7 @@ def init(state: State) -> None:
             raise StorageError(f"provider '{label}': {exc}") from exc
         click.echo(f"provider '{label}' ({storage.name}): "
                    f"{'created' if created else 'ready'}", err=True)
+    mirror_keystore(repo, strict=True)
     click.echo(f"initialised repository in {state.config_dir}")
 
 
@@ -200,6 +202,7 @@ def backup(ctx: click.Context, paths: tuple[str, ...], force: bool, as_json: boo
                    f"chunks, {human(s.bytes_uploaded)} uploaded; {s.seconds:.2f} s "
                    f"({rate:.1f} MB/s)", err=True)
         click.echo(result.backup_id)
+    mirror_snapshot(repo)
     if result.status == "partial":
         ctx.exit(EXIT_PARTIAL)
 
@@ -259,10 +262,13 @@ def status(state: State, as_json: bool) -> None:
     \b
     Example: enigma status
     """
+    from enigma.repair import redundancy_summary
+
     repo = state.repo()
     manifest = repo.manifest
     chunks, plain, stored = manifest.chunk_totals()
     per_provider = manifest.chunk_stats()
+    redundancy = redundancy_summary(repo)
     providers = []
     built = repo.providers  # config and plugin errors stop here; reachability is per row
     for entry in repo.config.providers:
@@ -273,14 +279,14 @@ def status(state: State, as_json: bool) -> None:
         except EnigmaError as exc:
             row["reachable"], row["error"] = False, str(exc)
         count, size = per_provider.get(entry.name, (0, 0))
-        row["chunks"], row["bytes"] = count, size
+        row["chunks"], row["bytes"] = count, redundancy.per_provider.get(entry.name, size)
         providers.append(row)
     info = {
         "config_dir": str(repo.config.config_dir), "manifest": str(repo.config.db_path),
         "schema_version": manifest.schema_version(), "backups": len(manifest.list_backups()),
         "chunks": chunks, "bytes_plain": plain, "bytes_stored": stored,
         "key_provider": repo.config.key_provider, "distribution": repo.config.distribution,
-        "providers": providers,
+        "providers": providers, "redundancy": redundancy.as_dict(),
     }
     if as_json:
         echo_json(info)
@@ -289,7 +295,9 @@ def status(state: State, as_json: bool) -> None:
     click.echo(f"manifest     {info['manifest']} (schema {info['schema_version']})")
     click.echo(f"key provider {info['key_provider']}, distribution {info['distribution']}")
     click.echo(f"backups      {info['backups']}")
-    click.echo(f"chunks       {chunks} ({human(plain)} unique data, {human(stored)} stored)")
+    everything = redundancy.bytes_stored or stored  # every copy and shard
+    click.echo(f"chunks       {chunks} ({human(plain)} unique data, {human(everything)} stored)")
+    click.echo(f"redundancy   {redundancy.text()}")
     click.echo(f"{'PROVIDER':<16}  {'TYPE':<12}  {'STATE':<11}  {'CHUNKS':>8}  {'BYTES':>10}")
     for row in providers:
         state_text = "reachable" if row["reachable"] else "UNREACHABLE"
@@ -419,18 +427,138 @@ def restore(state: State, backup_id: str, dest: str | None, prefix: str | None,
 
 
 @cli.command()
-@click.argument("backup_ids", nargs=-1, required=True)
+@click.option("--read-data", is_flag=True, help="Also download and authenticate every chunk.")
+@click.option("--read-data-subset", "subset", metavar="N%|n/t",
+              help="Download and authenticate a random N% of the chunks, or the n-th of t "
+                   "parts (t runs with n = 1..t read everything once).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_state
-def forget(state: State, backup_ids: tuple[str, ...]) -> None:
-    """Delete backups from the manifest; run gc afterwards to free their chunks.
+def check(state: State, read_data: bool, subset: str | None, as_json: bool) -> None:
+    """Check the manifest against what the storage providers hold.
+
+    Each recorded chunk must exist on every provider the manifest names, with its
+    recorded size; objects nothing records are listed as orphans (gc deletes them; not
+    an error). With --read-data(-subset) chunks are also downloaded and authenticated.
+    Each bad chunk is named with the backup files and gateway objects using it; exit
+    code 1 if anything is wrong.
 
     \b
-    Example: enigma forget 3f2a 9c01 && enigma gc
+    Examples:
+      enigma check
+      enigma check --read-data-subset 10%
+      enigma check --read-data-subset 3/7
     """
-    from enigma.gc import forget_backups
+    from enigma.check import (
+        EVERYTHING,
+        InvalidSubset,
+        Subset,
+        failure_summary,
+        report_lines,
+        run_check,
+        to_json,
+    )
 
-    for backup_id in forget_backups(state.repo(), list(backup_ids)):
-        click.echo(f"forgot backup {backup_id}")
+    if read_data and subset:
+        raise InvalidSubset("give --read-data or --read-data-subset, not both")
+    chosen = EVERYTHING if read_data else Subset.parse(subset) if subset else None
+    result = run_check(state.repo(), chosen)
+    if as_json:
+        echo_json(to_json(result))
+    else:
+        for line in report_lines(result):
+            click.echo(line, err=True)
+    if not result.ok:
+        raise EnigmaError(failure_summary(result))
+    if not as_json:
+        orphans = sum(len(keys) for keys in result.orphans.values())
+        read = (f"; {result.read} read and authenticated ({human(result.bytes_read)})"
+                if chosen else "")
+        sizes = f", {result.sizes_checked} sizes right" if result.sizes_checked else ""
+        click.echo(f"check: {result.chunks} chunks, every copy or shard present on "
+                   f"{len(result.listed)} provider(s){sizes}{read}; no errors"
+                   + (f" ({orphans} orphan objects: enigma gc deletes them)" if orphans else ""))
+
+
+@cli.command()
+@click.argument("backup_ids", nargs=-1)
+@click.option("--keep-last", metavar="N", help="Keep the N newest backups.")
+@click.option("--keep-hourly", metavar="N",
+              help="Keep the newest backup of each of the last N hours that have one.")
+@click.option("--keep-daily", metavar="N", help="The same for days.")
+@click.option("--keep-weekly", metavar="N", help="The same for ISO weeks (Monday to Sunday).")
+@click.option("--keep-monthly", metavar="N", help="The same for months.")
+@click.option("--keep-yearly", metavar="N", help="The same for years.")
+@click.option("--keep-within", metavar="DURATION",
+              help="Keep every backup within DURATION (e.g. 1y5m7d2h) of the newest.")
+@click.option("--dry-run", is_flag=True, help="Only show what would be kept and removed.")
+@click.option("--prune", is_flag=True, help="Run gc afterwards to delete the freed chunks.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_state
+def forget(state: State, backup_ids: tuple[str, ...], keep_last: str | None,
+           keep_hourly: str | None, keep_daily: str | None, keep_weekly: str | None,
+           keep_monthly: str | None, keep_yearly: str | None, keep_within: str | None,
+           dry_run: bool, prune: bool, as_json: bool) -> None:
+    """Delete backups from the manifest, by id or by a retention policy (restic's rules).
+
+    A policy judges each set of backups of the same source paths on its own; a backup
+    kept by any --keep-* rule stays (N may be 'unlimited'). Running and failed backups
+    are left alone. --prune (or gc afterwards) deletes the chunks no backup uses any more.
+
+    \b
+    Examples:
+      enigma forget 3f2a 9c01 && enigma gc
+      enigma forget --keep-daily 7 --keep-weekly 5 --keep-monthly 12 --dry-run
+      enigma forget --keep-last 3 --keep-within 30d --prune
+    """
+    from enigma.gc import (
+        forget_backups,
+        forget_by_policy,
+        plan_json,
+        plan_lines,
+        require_gc_allowed,
+        run_gc,
+    )
+    from enigma.retention import InvalidPolicy, Policy
+
+    policy = Policy.from_options(last=keep_last, hourly=keep_hourly, daily=keep_daily,
+                                 weekly=keep_weekly, monthly=keep_monthly, yearly=keep_yearly,
+                                 within=keep_within)
+    if backup_ids and not policy.empty:
+        raise InvalidPolicy("give backup ids or --keep-* options, not both")
+    if not backup_ids and policy.empty:
+        raise InvalidPolicy("nothing to forget: give backup ids or a --keep-* policy with a "
+                            "count above 0 (e.g. --keep-daily 7)")
+    repo = state.repo()
+    if prune and not dry_run:
+        require_gc_allowed(repo)  # before anything is forgotten
+    report: dict[str, Any] = {"dry_run": dry_run}
+    if backup_ids:
+        if dry_run:
+            forgotten = [repo.manifest.get_backup(b).id for b in backup_ids]
+        else:
+            forgotten = forget_backups(repo, list(backup_ids))
+        if not as_json:
+            for backup_id in forgotten:
+                click.echo(f"{'would forget' if dry_run else 'forgot'} backup {backup_id}")
+    else:
+        groups = forget_by_policy(repo, policy, dry_run=dry_run)
+        forgotten = [d.backup.id for g in groups for d in g.remove]
+        report.update(policy=str(policy), groups=plan_json(groups))
+        if not as_json:
+            click.echo(f"policy: {policy}")
+            for line in plan_lines(groups, dry_run=dry_run):
+                click.echo(line)
+            click.echo(f"{'would forget' if dry_run else 'forgot'} {len(forgotten)} backups")
+    report["forgotten"] = forgotten
+    if prune and not dry_run and forgotten:
+        result = run_gc(repo)
+        report["gc"] = asdict(result)
+        if not as_json:
+            click.echo(gc_summary(result))
+    if forgotten and not dry_run:
+        mirror_snapshot(repo)
+    if as_json:
+        echo_json(report)
 
 
 @cli.command()
@@ -446,13 +574,56 @@ def gc(state: State, dry_run: bool, as_json: bool) -> None:
     from enigma.gc import run_gc
 
     result = run_gc(state.repo(), dry_run=dry_run)
+    if not dry_run:
+        mirror_snapshot(state.repo())
     if as_json:
         echo_json(asdict(result))
         return
-    verb = "would delete" if dry_run else "deleted"
-    click.echo(f"gc: {verb} {result.chunks} unreferenced chunks ({human(result.bytes)}), "
-               f"{result.orphans} orphan objects, {len(result.stale_backups)} interrupted "
-               "backups")
+    click.echo(gc_summary(result))
+
+
+def gc_summary(result: Any) -> str:
+    """gc's one-line outcome (``enigma gc`` and ``enigma forget --prune``)."""
+    verb = "would delete" if result.dry_run else "deleted"
+    return (f"gc: {verb} {result.chunks} unreferenced chunks ({human(result.bytes)}), "
+            f"{result.orphans} orphan objects, {len(result.stale_backups)} interrupted "
+            "backups")
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Only report what would be rebuilt.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_state
+def repair(state: State, dry_run: bool, as_json: bool) -> None:
+    """Rebuild missing or damaged copies and shards of every chunk.
+
+    Reads each chunk from every provider it lists; what is missing or fails its check is
+    rebuilt from the sound copies or shards, in place, or on another healthy provider when
+    its provider was taken out of the config. Exit code 1 if a chunk cannot be made whole.
+
+    \b
+    Example: enigma repair --dry-run
+    """
+    from enigma.lock import repository_lock
+    from enigma.repair import run_repair
+
+    repo = state.repo()
+    with repository_lock(repo.config.config_dir, exclusive=False):
+        result = run_repair(repo, dry_run=dry_run)
+    if result.moved and not dry_run:  # chunk locations changed in the manifest
+        mirror_snapshot(repo)
+    if as_json:
+        echo_json({**asdict(result), "ok": result.ok})
+    else:
+        for chunk, error in result.failed.items():
+            click.echo(f"unrepaired chunk {chunk}: {error}", err=True)
+        verb = "would rebuild" if dry_run else "rebuilt"
+        click.echo(f"repair: {result.chunks} chunks checked, {result.healthy} healthy, "
+                   f"{result.repaired} {verb} ({result.objects} objects, {result.moved} "
+                   f"moved to another provider), {len(result.failed)} failed")
+    if not result.ok:
+        raise EnigmaError(f"repair: {len(result.failed)} of {result.chunks} chunks could not "
+                          "be made whole")
 
 
 @cli.command("encrypt-cred")
@@ -494,6 +665,7 @@ def key_rotate(state: State) -> None:
     keys = state.repo().rotate_keys()
     click.echo(f"rotated: current key version {keys.current_key_id} "
                f"(versions: {sorted(keys.data_keys)})")
+    mirror_keystore(state.repo(), strict=False)
 
 
 @key.command("list")
@@ -507,6 +679,97 @@ def key_list(state: State) -> None:
     keys = state.repo().keys
     for version in sorted(keys.data_keys):
         click.echo(f"{version}{'  (current)' if version == keys.current_key_id else ''}")
+
+
+@cli.command()
+@click.option("--force", is_flag=True, help="Replace a manifest that already holds backups.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_state
+def recover(state: State, force: bool, as_json: bool) -> None:
+    """Rebuild a lost machine's keystore and manifest from the storage providers.
+
+    Run it where the config directory holds only enigma.toml (listing the providers),
+    with the passphrase. The newest manifest snapshot that checks out is installed, older
+    ones are tried when it does not; with none usable the chunk index is rebuilt from the
+    stored chunks (backup and file lists are lost; new backups still deduplicate).
+
+    \b
+    Example: enigma --config-dir ~/.enigma recover
+    """
+    from enigma.recover import run_recover
+
+    repo = state.repo()
+    if repo.key_provider.needs_passphrase:
+        state.passphrase = state.ask_passphrase(confirm=False)  # asked once, used twice
+    result = run_recover(repo, state.passphrase, force=force)
+    if as_json:
+        echo_json(asdict(result))
+        return
+    click.echo(f"keys: {result.keystore} (key versions {result.key_versions})", err=True)
+    for label, error in result.unreachable.items():
+        click.echo(f"warning: provider '{label}' could not be read: {error}", err=True)
+    for skip in result.skipped:
+        click.echo(f"skipped snapshot {skip.what} on provider '{skip.provider}': "
+                   f"{skip.reason}", err=True)
+    if result.snapshot:
+        for label in result.unknown_providers:
+            click.echo(f"warning: the manifest has chunks on provider '{label}', which "
+                       "enigma.toml does not configure", err=True)
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(result.snapshot_created))
+        click.echo(f"recovered the manifest from snapshot {result.snapshot} (provider "
+                   f"'{result.snapshot_provider}', made {when}): {result.backups} backups, "
+                   f"{result.chunks} chunks")
+        return
+    for damaged in result.damaged[:20]:
+        click.echo(f"skipped chunk {damaged.what[:12]} (on provider '{damaged.provider}'): "
+                   f"{damaged.reason}", err=True)
+    if len(result.damaged) > 20:
+        click.echo(f"... and {len(result.damaged) - 20} more damaged chunks", err=True)
+    click.echo("warning: no usable manifest snapshot: the backup and file lists could not "
+               "be recovered; run a backup before any gc (gc deletes chunks no backup uses)",
+               err=True)
+    click.echo(f"rebuilt the chunk index: {result.chunks} chunks authenticated, "
+               f"{len(result.damaged)} damaged chunks skipped; new backups deduplicate "
+               "against them")
+
+
+def refuse_existing_repository(repo: Repository) -> None:
+    """init must not make new keys where the backends already hold a repository's."""
+    from enigma.recovery import remote_keystore_holders
+
+    holders = remote_keystore_holders(repo)
+    if holders:
+        raise ConfigError(f"provider '{holders[0]}' already holds a repository's keystore "
+                          "(keys/keystore); to use that repository here run: enigma recover")
+
+
+def mirror_keystore(repo: Repository, *, strict: bool) -> None:
+    """Copy the keystore file into every backend (init: a failure stops; rotate: warns)."""
+    from enigma.recovery import store_keystore
+
+    result = store_keystore(repo)
+    for error in (result.failed.values() if result else ()):
+        if strict:
+            raise StorageError(f"cannot store keys/keystore: {error}")
+        click.echo(f"warning: keystore copy not stored: {error} (enigma init retries)",
+                   err=True)
+
+
+def mirror_snapshot(repo: Repository) -> None:
+    """After a command changed the manifest: a sealed copy into every backend. A failure is
+    a warning: the command's own work is done and the next snapshot will cover it."""
+    from enigma.recovery import store_snapshot
+
+    try:
+        result = store_snapshot(repo)
+    except (EnigmaError, OSError) as exc:
+        click.echo(f"warning: manifest snapshot not stored: {exc}", err=True)
+        return
+    for error in result.failed.values():
+        click.echo(f"warning: manifest snapshot not stored: {error}", err=True)
+    if result.stored:
+        click.echo(f"manifest snapshot {result.name} stored on {len(result.stored)} of "
+                   f"{len(result.stored) + len(result.failed)} providers", err=True)
 
 
 @cli.command("plugins")

@@ -22,7 +22,13 @@ DEFAULT_DB = "manifest.db"
 DEFAULT_STORAGE_DIR = "storage"
 
 #: Keys of ``[enigma]`` the core reads itself; any other key goes to the key provider.
-CORE_KEYS = {"db_path", "key_provider", "distribution", "chunk_strategy", "compression"}
+CORE_KEYS = {"db_path", "key_provider", "distribution", "chunk_strategy", "compression",
+             "replication", "erasure"}
+#: Options of the redundancy policies' tables (``[enigma.replication]``, ``[enigma.erasure]``),
+#: checked at load so a mistake points at its line; the policy checks them against the
+#: number of providers when it is built (only a write needs that: a restore with a lost
+#: provider removed from the config must still work).
+REDUNDANCY_OPTIONS = {"replication": ("copies",), "erasure": ("data_shards", "parity_shards")}
 #: Keys of ``[[providers]]`` the core reads itself; the rest go to the storage plugin.
 PROVIDER_CORE_KEYS = {"name", "type", "weight"}
 #: Top-level tables; server plugins (``[s3_proxy]``) and Raft (``[raft]``) read theirs.
@@ -198,9 +204,23 @@ def parse_config(text: str, config_dir: Path, path: Path | None, *,
         if key in enigma and not isinstance(enigma[key], str):
             raise ConfigError(f"{config.where('enigma', key)}: must be a string")
     config.providers = _providers(config)
+    _redundancy_tables(config)
     config.chunker  # noqa: B018 - validate now, not at first backup
     config.compression  # noqa: B018
     return config
+
+
+def _redundancy_tables(config: Config) -> None:
+    """``[enigma.replication]`` and ``[enigma.erasure]``: known keys, integers >= 1."""
+    for table, accepted in REDUNDANCY_OPTIONS.items():
+        if table not in config.enigma:
+            continue
+        for key, value in config.subtable(table).items():
+            where = config.where(f"enigma.{table}", key)
+            if key not in accepted:
+                raise ConfigError(f"{where}: unknown option (accepted: {', '.join(accepted)})")
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{where}: must be an integer >= 1, got {value!r}")
 
 
 def _providers(config: Config) -> list[ProviderConfig]:

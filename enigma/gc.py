@@ -2,16 +2,29 @@
 
 The manifest row of a chunk is deleted before its object, so a crash in between leaves an
 orphan object (found and removed by the next gc), never a manifest row pointing at nothing.
+
+Why deleting is safe: a writer can reference a chunk gc would delete only between storing
+or dedup-matching it and committing the reference (a backup's files, a gateway PUT's
+object). Backups and gateway writes hold the repository lock shared for that whole
+window; gc holds it exclusively (never waiting: whoever comes second is refused), so it
+sees no such window open. forget only drops references, under the shared lock. The lock
+is one machine's ``flock`` on ``<config dir>/lock``: a Raft cluster cannot use it, so gc
+refuses to run there.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from enigma.chunkstore import chunk_id_from_key, chunk_key, with_retries
 from enigma.errors import ConfigError
 from enigma.lock import repository_lock
+from enigma.manifest import BackupRecord
 from enigma.repository import Repository
+from enigma.retention import GroupPlan, Policy, plan
 
 
 @dataclass
@@ -32,14 +45,37 @@ def forget_backups(repo: Repository, backup_ids: list[str]) -> list[str]:
     return [r.id for r in records]
 
 
-def run_gc(repo: Repository, *, dry_run: bool = False) -> GcResult:
-    """Remove interrupted backups, unreferenced chunks and orphan objects."""
+def forget_by_policy(repo: Repository, policy: Policy, *, dry_run: bool = False,
+                     now: float | None = None) -> list[GroupPlan]:
+    """Apply a retention policy (``enigma.retention``): delete what it does not keep.
+
+    The plan is made and carried out under the shared lock, so gc cannot run in between;
+    running backups are never judged, so one that is still being written is never deleted.
+    """
     manifest = repo.manifest
-    if manifest.replicated:
+    with repository_lock(repo.config.config_dir, exclusive=False):
+        groups = plan(manifest.list_backups(), policy,
+                      now=time.time() if now is None else now)
+        if not dry_run:
+            for group in groups:
+                for decision in group.remove:
+                    manifest.delete_backup(decision.backup.id)
+    return groups
+
+
+def require_gc_allowed(repo: Repository) -> None:
+    """Refuse gc where the repository lock cannot see every writer (a Raft cluster)."""
+    if repo.manifest.replicated:
         # The repository lock is per machine: it cannot see uploads in flight on the
         # other nodes, whose chunks gc would take for orphans.
         raise ConfigError("enigma gc does not run on a Raft cluster yet: it cannot see "
                           "uploads in flight on other nodes (forget works; gc later)")
+
+
+def run_gc(repo: Repository, *, dry_run: bool = False) -> GcResult:
+    """Remove interrupted backups, unreferenced chunks and orphan objects."""
+    manifest = repo.manifest
+    require_gc_allowed(repo)
     result = GcResult(dry_run)
     with repository_lock(repo.config.config_dir, exclusive=True):
         # With the exclusive lock held no backup runs, so "running" ones were interrupted.
@@ -72,3 +108,36 @@ def run_gc(repo: Repository, *, dry_run: bool = False) -> GcResult:
                 if not dry_run:
                     with_retries(f"deleting from provider '{label}'", provider.delete, key)
     return result
+
+
+def _when(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+
+
+def plan_lines(groups: list[GroupPlan], *, dry_run: bool) -> Iterator[str]:
+    """``forget``'s report: per group, what is kept (and why) and what is removed."""
+    removed = "would remove" if dry_run else "removed"
+    for group in groups:
+        yield f"backups of {', '.join(group.sources)}:"
+        if group.keep:
+            yield f"  keep {len(group.keep)}:"
+            for d in group.keep:
+                yield f"    {d.backup.id}  {_when(d.backup.created_at)}  {', '.join(d.reasons)}"
+        if group.remove:
+            yield f"  {removed} {len(group.remove)}:"
+            for d in group.remove:
+                yield f"    {d.backup.id}  {_when(d.backup.created_at)}"
+        for b in group.untouched:
+            yield f"  left alone ({b.status}): {b.id}  {_when(b.created_at)}"
+
+
+def plan_json(groups: list[GroupPlan]) -> list[dict[str, Any]]:
+    """``forget --json``: the same report as data."""
+    def row(backup: BackupRecord, **extra: Any) -> dict[str, Any]:
+        return {"id": backup.id, "created_at": backup.created_at, "status": backup.status,
+                **extra}
+
+    return [{"sources": list(g.sources),
+             "keep": [row(d.backup, reasons=d.reasons) for d in g.keep],
+             "remove": [row(d.backup) for d in g.remove],
+             "untouched": [row(b) for b in g.untouched]} for g in groups]

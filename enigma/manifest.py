@@ -384,6 +384,7 @@ class Manifest:
         "finish_backup",
         "delete_backup",
         "delete_chunks",
+        "set_chunk_providers",
         "create_bucket",
         "delete_bucket",
         "put_object",
@@ -728,6 +729,25 @@ class Manifest:
                     " AND NOT EXISTS (SELECT 1 FROM object_chunks oc"
                     " WHERE oc.chunk_id = chunks.id)",
                     batch,
+                )
+
+    def set_chunk_providers(self, updates: list[tuple[bytes, list[str]]]) -> None:
+        """Replace the providers of chunks (``enigma repair`` moved copies or shards).
+
+        ``updates`` are ``(chunk id, provider labels)``; the caller has stored the objects
+        on the new providers first. An unknown chunk id (gc dropped it meanwhile) is
+        skipped, so no location is ever recorded for a chunk that is not there.
+        """
+        with self._write() as conn:
+            for chunk_id, labels in updates:
+                chunk_id = bytes(chunk_id)
+                if conn.execute("SELECT 1 FROM chunks WHERE id = ?", (chunk_id,)).fetchone() \
+                        is None:
+                    continue
+                conn.execute("DELETE FROM chunk_locations WHERE chunk_id = ?", (chunk_id,))
+                conn.executemany(
+                    "INSERT OR IGNORE INTO chunk_locations (chunk_id, provider) VALUES (?, ?)",
+                    ((chunk_id, label) for label in labels),
                 )
 
     # -- mutations: backups -------------------------------------------------------------
@@ -1091,6 +1111,34 @@ class Manifest:
             for chunk_id, path in rows:
                 result.setdefault(bytes(chunk_id), set()).add(path)
         return {cid: sorted(paths) for cid, paths in result.items()}
+
+    def chunk_files(self, chunk_ids: Iterable[bytes]) -> dict[bytes, list[tuple[str, str]]]:
+        """chunk id -> sorted (backup id, path) of every file in any backup that uses it,
+        so ``check`` can name what a damaged chunk hurts. Unused chunks are absent."""
+        return self._chunk_users(
+            "SELECT fc.chunk_id, f.backup_id, f.path FROM file_chunks fc"
+            " JOIN files f ON f.id = fc.file_id WHERE fc.chunk_id IN ({marks})",
+            chunk_ids,
+        )
+
+    def chunk_objects(self, chunk_ids: Iterable[bytes]) -> dict[bytes, list[tuple[str, str]]]:
+        """chunk id -> sorted (bucket, key) of every gateway object (multipart parts
+        included) that uses it. Unused chunks are absent."""
+        return self._chunk_users(
+            "SELECT chunk_id, bucket, key FROM object_chunks WHERE chunk_id IN ({marks})",
+            chunk_ids,
+        )
+
+    def _chunk_users(
+        self, sql: str, chunk_ids: Iterable[bytes]
+    ) -> dict[bytes, list[tuple[str, str]]]:
+        result: dict[bytes, set[tuple[str, str]]] = {}
+        for batch in _batches({bytes(c) for c in chunk_ids}):
+            with self._read() as conn:
+                rows = conn.execute(sql.format(marks=_marks(len(batch))), batch).fetchall()
+            for chunk_id, first, second in rows:
+                result.setdefault(bytes(chunk_id), set()).add((first, second))
+        return {cid: sorted(users) for cid, users in result.items()}
 
     def backup_log(self, backup_id: str) -> list[LogEntry]:
         """A backup's audit trail in the order it was written (works after deletion too)."""

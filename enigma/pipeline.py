@@ -123,6 +123,7 @@ class ChunkUploader:
         snapshot of its ids taken now: right for a long-running server, whose snapshot
         would go stale as backups and uploads add chunks."""
         self.store = store
+        store.distribution  # noqa: B018 - a policy that cannot place chunks fails now, once
         self.manifest = store.manifest
         self.budget = ByteBudget(budget)
         self.known = KnownChunks(self.manifest.iter_chunk_ids()) if prefilter else None
@@ -205,8 +206,9 @@ class ChunkUploader:
                     continue
                 record, sealed = self.store.seal(chunk_id, data)
                 completion = _Completion(self, record, result)
-                for label in record.providers:
-                    groups.setdefault(label, []).append((chunk_key(chunk_id), sealed,
+                # The sealed chunk for each copy, or (Erasure) each provider's own shard.
+                for label, blob in self.store.placements(record, sealed):
+                    groups.setdefault(label, []).append((chunk_key(chunk_id), blob,
                                                          completion))
             except BaseException as exc:  # handed to the waiting caller
                 self._fail(result, exc, chunk_id)  # and no longer "in flight"

@@ -18,7 +18,13 @@ from enigma.errors import ConfigError, IntegrityError, ObjectNotFound, StorageEr
 from enigma.interfaces import ProviderSlot
 from enigma.plugins import local_storage
 from enigma.plugins.cdc import CHUNKERS, CdcChunker
-from enigma.plugins.distribution import DISTRIBUTION_POLICIES, RoundRobin, Weighted
+from enigma.plugins.distribution import (
+    DISTRIBUTION_POLICIES,
+    Erasure,
+    Replicate,
+    RoundRobin,
+    Weighted,
+)
 from enigma.plugins.local_storage import STORAGE_PROVIDERS, LocalStorage
 from enigma.plugins.zstd import COMPRESSORS, ZstdCompressor
 from enigma.testing import (
@@ -95,7 +101,7 @@ def test_module_lists() -> None:
         [LocalStorage],
         [CdcChunker],
         [ZstdCompressor],
-        [RoundRobin, Weighted],
+        [RoundRobin, Weighted, Replicate, Erasure],
     ) == (STORAGE_PROVIDERS, CHUNKERS, COMPRESSORS, DISTRIBUTION_POLICIES)
     assert (LocalStorage.name, CdcChunker.name, ZstdCompressor.name) == ("local", "cdc", "zstd")
     assert CdcChunker.aliases == ("fastcdc",)

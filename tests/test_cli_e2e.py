@@ -137,7 +137,8 @@ def test_status_config_and_plugins(enigma: Enigma, tmp_path: Path) -> None:
     plugins = json.loads(enigma.ok("plugins", "--json").out)
     core = next(p for p in plugins if p["name"] == "enigma")
     assert core["provides"]["storage"] == ["local"]
-    assert set(core["provides"]["distribution"]) == {"round-robin", "weighted"}
+    assert set(core["provides"]["distribution"]) == {"round-robin", "weighted", "replicate",
+                                                     "erasure"}
     assert core["errors"] == []
     assert "storage: local" in enigma.ok("plugins").out
 

@@ -1,18 +1,93 @@
-"""Which provider stores each new chunk: plain rotation, or rotation in proportion to weight.
+"""Which providers store each new chunk, and how redundantly.
 
-Both are deterministic and keep their position under a lock, because the upload pipeline
-asks from many threads at once. Each returns one provider per chunk (no replication).
+RoundRobin and Weighted put each chunk on one provider; Replicate puts whole copies on N
+distinct providers; Erasure splits each sealed chunk into k data + m parity Reed-Solomon
+shards on k+m distinct providers (``enigma.erasure`` has the codec and shard format). All
+are deterministic and keep their position under a lock, because the upload pipeline asks
+from many threads at once. Each carries a ``redundancy`` that tells the chunk store what
+to write and ``enigma status`` what the repository survives.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from enigma.errors import ConfigError
 from enigma.interfaces import DistributionPolicy, ProviderSlot
 
-__all__ = ["DISTRIBUTION_POLICIES", "RoundRobin", "Weighted"]
+__all__ = ["DISTRIBUTION_POLICIES", "Erasure", "Redundancy", "Replicate", "RoundRobin",
+           "Weighted", "redundancy_of"]
+
+
+@dataclass(frozen=True)
+class Redundancy:
+    """How a policy stores each chunk: ``copies`` whole copies, or (when ``data_shards`` is
+    set) ``data_shards`` + ``parity_shards`` Reed-Solomon shards, one per provider."""
+
+    copies: int = 1
+    data_shards: int = 0
+    parity_shards: int = 0
+
+    @property
+    def erasure(self) -> bool:
+        return self.data_shards > 0
+
+    @property
+    def factor(self) -> float:
+        """Stored bytes per sealed byte (shard headers aside)."""
+        if self.erasure:
+            return (self.data_shards + self.parity_shards) / self.data_shards
+        return float(self.copies)
+
+    @property
+    def tolerates(self) -> int:
+        """How many of a chunk's providers may be lost with the chunk still readable."""
+        return self.parity_shards if self.erasure else self.copies - 1
+
+    def describe(self) -> str:
+        if self.erasure:
+            return f"{self.data_shards}+{self.parity_shards} Reed-Solomon shards"
+        return "1 copy" if self.copies == 1 else f"{self.copies} copies"
+
+
+def redundancy_of(policy: DistributionPolicy) -> Redundancy:
+    """A policy's redundancy; a third-party policy without one stores whole copies."""
+    found = getattr(policy, "redundancy", None)
+    return found if isinstance(found, Redundancy) else Redundancy()
+
+
+def _count(key: str, value: Any, minimum: int = 1) -> int:
+    """An integer option, or a ConfigError naming the key (construct adds file and table)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"'{key}' must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _enough_providers(keys: str, needed: int, have: int) -> None:
+    if needed > have:
+        raise ConfigError(f"{keys} = {needed} needs {needed} distinct providers, but only "
+                          f"{have} {'is' if have == 1 else 'are'} configured in [[providers]]")
+
+
+class _Rotation:
+    """``width`` consecutive labels starting one further each time: every provider gets the
+    same share of the load, and the labels of one chunk are always distinct."""
+
+    def __init__(self, labels: list[str], width: int) -> None:
+        self._labels = labels
+        self._width = width
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> list[str]:
+        with self._lock:
+            start = self._next
+            self._next = (start + 1) % len(self._labels)
+        n = len(self._labels)
+        return [self._labels[(start + i) % n] for i in range(self._width)]
 
 
 class RoundRobin(DistributionPolicy):
@@ -21,6 +96,7 @@ class RoundRobin(DistributionPolicy):
     name = "round-robin"
     aliases = ("roundrobin",)
     description = "Each new chunk goes to the next provider in turn"
+    redundancy = Redundancy()
 
     def __init__(self, providers: Sequence[ProviderSlot]) -> None:
         super().__init__(providers)
@@ -47,6 +123,7 @@ class Weighted(DistributionPolicy):
 
     name = "weighted"
     description = "Chunks spread over providers in proportion to their weight"
+    redundancy = Redundancy()
 
     def __init__(self, providers: Sequence[ProviderSlot]) -> None:
         super().__init__(providers)
@@ -74,4 +151,54 @@ class Weighted(DistributionPolicy):
         return [self._labels[best]]
 
 
-DISTRIBUTION_POLICIES = [RoundRobin, Weighted]
+class Replicate(DistributionPolicy):
+    """Whole copies of each sealed chunk on ``copies`` distinct providers, rotating which
+    ones (weights are ignored): any ``copies - 1`` providers may be lost."""
+
+    name = "replicate"
+    aliases = ("replication",)
+    description = "Each new chunk stored whole on N distinct providers ([enigma.replication])"
+    options_table = "replication"
+
+    def __init__(self, providers: Sequence[ProviderSlot], copies: int = 2) -> None:
+        super().__init__(providers)
+        copies = _count("copies", copies)
+        _enough_providers("'copies'", copies, len(self.providers))
+        self.redundancy = Redundancy(copies=copies)
+        self._rotation = _Rotation([slot.label for slot in self.providers], copies)
+
+    def choose(self, chunk_id: bytes, size: int) -> list[str]:
+        return self._rotation.take()
+
+
+class Erasure(DistributionPolicy):
+    """Reed-Solomon: each sealed chunk split into ``data_shards`` (k) + ``parity_shards``
+    (m) shards on k+m distinct providers, rotating which ones; any m providers may be lost,
+    for a storage factor of (k+m)/k instead of replication's m+1."""
+
+    name = "erasure"
+    aliases = ("erasure-coding", "reed-solomon")
+    description = ("Each new chunk split into k+m Reed-Solomon shards on k+m providers "
+                   "([enigma.erasure])")
+    options_table = "erasure"
+
+    def __init__(self, providers: Sequence[ProviderSlot], data_shards: int = 2,
+                 parity_shards: int = 1) -> None:
+        from enigma.erasure import MAX_SHARDS
+
+        super().__init__(providers)
+        k = _count("data_shards", data_shards)
+        m = _count("parity_shards", parity_shards)
+        if k + m > MAX_SHARDS:
+            raise ConfigError(f"'data_shards' + 'parity_shards' = {k + m} exceeds the "
+                              f"{MAX_SHARDS} shards Reed-Solomon over GF(256) allows")
+        _enough_providers("'data_shards' + 'parity_shards'", k + m, len(self.providers))
+        self.redundancy = Redundancy(data_shards=k, parity_shards=m)
+        self._rotation = _Rotation([slot.label for slot in self.providers], k + m)
+
+    def choose(self, chunk_id: bytes, size: int) -> list[str]:
+        """k+m labels in shard order: shard i goes to the i-th."""
+        return self._rotation.take()
+
+
+DISTRIBUTION_POLICIES = [RoundRobin, Weighted, Replicate, Erasure]

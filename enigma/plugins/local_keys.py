@@ -352,6 +352,10 @@ class LocalKeyProvider(KeyProvider):
         """The keystore file's raw (encrypted) bytes, e.g. to store a copy under ``keys/``."""
         return self._read()
 
+    def unlock_copy(self, blob: bytes, passphrase: str | None) -> KeyMaterial:
+        """Unlock a keystore copy without installing it (to compare copies that differ)."""
+        return _decode(bytes(blob), self._require(passphrase), "copy").material()
+
     def restore(self, blob: bytes, passphrase: str | None) -> KeyMaterial:
         """Install a keystore copy (e.g. fetched from a backend) after checking it unlocks."""
         if self.exists():

@@ -1,5 +1,5 @@
 """The ``[s3_proxy]`` table: address, key pairs, region, domain, TLS, upload expiry,
-metrics address."""
+metrics address, manifest snapshot interval."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ DEFAULT_REGION = "us-east-1"
 #: Keys whose value must be a string.
 STRINGS = ("listen_addr", "access_key", "secret_key", "default_region", "domain", "tls_cert",
            "tls_key", "metrics_addr")
-KNOWN = (*STRINGS, "multipart_expiry", "keys")
+KNOWN = (*STRINGS, "multipart_expiry", "snapshot_interval", "keys")
 DEFAULT_EXPIRY = 7 * 24 * 3600
+DEFAULT_SNAPSHOT_INTERVAL = 3600
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -36,6 +37,9 @@ class GatewayOptions:
     multipart_expiry: float = DEFAULT_EXPIRY
     #: (host, port) of the Prometheus ``/metrics`` endpoint; None: no endpoint.
     metrics: tuple[str, int] | None = None
+    #: Seconds between encrypted manifest snapshots stored in the backends (written only
+    #: when the manifest changed; 0: none).
+    snapshot_interval: float = DEFAULT_SNAPSHOT_INTERVAL
 
     @property
     def scheme(self) -> str:
@@ -98,8 +102,10 @@ def parse_options(options: dict[str, Any], where: Callable[[str | None], str],
                               f"{getattr(exc, 'strerror', None) or exc}") from None
     expiry = _duration(options.get("multipart_expiry", DEFAULT_EXPIRY),
                        lambda: where("multipart_expiry"))
+    snapshots = _duration(options.get("snapshot_interval", DEFAULT_SNAPSHOT_INTERVAL),
+                          lambda: where("snapshot_interval"), "0 stores none")
     return GatewayOptions(host, port, credentials, region, domains, cert, key, expiry,
-                          metrics)
+                          metrics, snapshots)
 
 
 def _address(value: str, where: Callable[[], str], example: str) -> tuple[str, int]:
@@ -111,11 +117,13 @@ def _address(value: str, where: Callable[[], str], example: str) -> tuple[str, i
     return host, int(port_text)
 
 
-def _duration(value: Any, where: Callable[[], str]) -> float:
-    """Seconds from an integer or a string like "90s", "30m", "12h", "7d"."""
+def _duration(value: Any, where: Callable[[], str],
+              zero: str = "0 keeps uploads forever") -> float:
+    """Seconds from an integer or a string like "90s", "30m", "12h", "7d"; ``zero`` says
+    what 0 means, for the error message."""
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return float(value)
     if isinstance(value, str) and value[:-1].isdigit() and value[-1:] in _UNITS:
         return float(int(value[:-1]) * _UNITS[value[-1]])
     raise ConfigError(f"{where()}: must be a number of seconds or a duration like \"7d\", "
-                      "\"12h\", \"30m\", \"90s\" (0 keeps uploads forever)")
+                      f"\"12h\", \"30m\", \"90s\" ({zero})")

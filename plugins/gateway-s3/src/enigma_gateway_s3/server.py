@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import sys
+import threading
 from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any, ClassVar
@@ -14,6 +16,8 @@ from enigma_gateway_s3.config import parse_options
 
 #: Seconds between hand-backs of freed memory while the server idles (enigma.memory).
 TRIM_INTERVAL = 5.0
+#: Longest wait at shutdown for a snapshot in progress before the final one.
+SNAPSHOT_JOIN_SECONDS = 60.0
 
 
 class S3Gateway(Server):
@@ -57,6 +61,9 @@ class S3Gateway(Server):
             sweeper = Sweeper(store.manifest, parsed.multipart_expiry)
             sweeper.start()
             cleanup.callback(sweeper.stop)
+            snapshots = PeriodicSnapshots(repository, parsed.snapshot_interval)
+            snapshots.start()
+            cleanup.callback(snapshots.stop)  # runs before store.close: LIFO
             cleanup.callback(store.releaser.run_every(TRIM_INTERVAL))
             server = _Server(uvicorn.Config(
                 app, lifespan="on", access_log=False, log_level="warning",
@@ -68,6 +75,56 @@ class S3Gateway(Server):
                      f"{parsed.metrics[1]}/metrics" if parsed.metrics else ""),
                   file=sys.stderr, flush=True)
             server.run(sockets=[sock])
+
+
+class PeriodicSnapshots:
+    """Stores an encrypted manifest snapshot in every backend each ``interval`` seconds
+    when the manifest changed, and once more at shutdown, so a lost gateway machine is
+    recoverable with ``enigma recover``. In a Raft cluster only the leader writes them.
+
+    The first check after start always writes (what changed before this process started
+    is unknown); later ones compare a digest of the manifest copy with the last stored.
+    """
+
+    def __init__(self, repository: Any, interval: float) -> None:
+        self.repository = repository
+        self.interval = interval
+        self._digest = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="enigma-snapshots",
+                                        daemon=True)
+
+    def start(self) -> None:
+        if self.interval > 0:
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.snapshot()
+
+    def snapshot(self) -> None:
+        """One check: store a snapshot if this node leads and the manifest changed."""
+        from enigma.recovery import store_snapshot
+
+        log = logging.getLogger("enigma_gateway_s3")
+        try:
+            if not self.repository.manifest.is_leader():
+                return
+            result = store_snapshot(self.repository, previous_digest=self._digest)
+        except Exception as exc:  # never let the thread die; try again next time
+            log.error("manifest snapshot failed: %s", exc)
+            return
+        for error in result.failed.values():
+            log.warning("manifest snapshot not stored: %s", error)
+        if result.stored:  # stored somewhere: the next change writes the next one
+            self._digest = result.digest
+
+    def stop(self) -> None:
+        """Wait for a snapshot in progress, then take the final one."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=SNAPSHOT_JOIN_SECONDS)
+            self.snapshot()
 
 
 def _url_host(host: str) -> str:
