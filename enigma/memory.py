@@ -13,7 +13,6 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -51,14 +50,9 @@ class FreeMemoryReleaser:
     def run_every(self, seconds: float) -> Callable[[], None]:
         """Also release on a daemon thread every ``seconds`` (a server between bursts keeps
         its last burst's freed memory otherwise); returns the function that stops it."""
-        stop = threading.Event()
+        from enigma.periodic import Periodic
 
-        def loop() -> None:
-            while not stop.wait(seconds):
-                self.maybe_release()
-
-        threading.Thread(target=loop, name="enigma-trim", daemon=True).start()
-        return stop.set
+        return Periodic("enigma-trim", seconds, self.maybe_release).start().stop
 
     def maybe_release(self) -> bool:
         """Trim if the interval has passed; whether it did."""

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import re
 import secrets
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -31,6 +29,7 @@ from xml.sax.saxutils import escape
 
 from enigma.errors import IntegrityError, NotFoundError
 from enigma.manifest import BucketRecord, ChunkRef, Manifest, ObjectRecord
+from enigma.periodic import Periodic
 from enigma_gateway_s3.errors import S3Error
 
 if TYPE_CHECKING:
@@ -505,31 +504,22 @@ def expire_uploads(manifest: Manifest, older_than: float) -> int:
 
 
 class Sweeper:
-    """A daemon thread expiring abandoned uploads now and then, until ``stop``."""
+    """Expires abandoned uploads now and then (every quarter of the expiry, at most
+    hourly) on a daemon thread, until ``stop``."""
 
     def __init__(self, manifest: Manifest, expiry: float) -> None:
         self.manifest = manifest
         self.expiry = expiry
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="enigma-mpu-expiry",
-                                        daemon=True)
+        interval = min(3600.0, max(expiry / 4, 0.5)) if expiry > 0 else 0
+        self._periodic = Periodic("expiring multipart uploads", interval, self.sweep,
+                                  at_start=True)
 
     def start(self) -> None:
-        if self.expiry > 0:
-            self._thread.start()
+        self._periodic.start()
 
-    def _run(self) -> None:
-        interval = min(3600.0, max(self.expiry / 4, 0.5))
-        while not self._stop.is_set():
-            try:
-                if self.manifest.is_leader():  # one node of a cluster sweeps for all
-                    expire_uploads(self.manifest, time.time() - self.expiry)
-            except Exception as exc:  # never let the sweeper die; try again next time
-                logging.getLogger("enigma_gateway_s3").error(
-                    "expiring multipart uploads failed: %s", exc)
-            self._stop.wait(interval)
+    def sweep(self) -> None:
+        if self.manifest.is_leader():  # one node of a cluster sweeps for all
+            expire_uploads(self.manifest, time.time() - self.expiry)
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=10)
+        self._periodic.stop()

@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import socket
 import sys
-import threading
 from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any, ClassVar
 
 from enigma.errors import ConfigError
 from enigma.interfaces import Server
+from enigma.periodic import Periodic
 from enigma_gateway_s3.config import parse_options
 
 #: Seconds between hand-backs of freed memory while the server idles (enigma.memory).
@@ -88,19 +88,11 @@ class PeriodicSnapshots:
 
     def __init__(self, repository: Any, interval: float) -> None:
         self.repository = repository
-        self.interval = interval
         self._digest = ""
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="enigma-snapshots",
-                                        daemon=True)
+        self._periodic = Periodic("manifest snapshot", interval, self.snapshot)
 
     def start(self) -> None:
-        if self.interval > 0:
-            self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.snapshot()
+        self._periodic.start()
 
     def snapshot(self) -> None:
         """One check: store a snapshot if this node leads and the manifest changed."""
@@ -120,10 +112,8 @@ class PeriodicSnapshots:
             self._digest = result.digest
 
     def stop(self) -> None:
-        """Wait for a snapshot in progress, then take the final one."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=SNAPSHOT_JOIN_SECONDS)
+        """Wait for a snapshot in progress, then take the final one (when enabled)."""
+        if self._periodic.stop(timeout=SNAPSHOT_JOIN_SECONDS):
             self.snapshot()
 
 
