@@ -193,12 +193,18 @@ SEAWEED_PORTS = ("master", "master.grpc", "volume", "volume.grpc", "filer", "fil
 
 
 def _weed_argv(data: Path, config: Path, ports: dict[str, int]) -> list[str]:
-    """``weed server`` with master, volume, filer and S3 gateway, loopback only."""
+    """``weed server`` with master, volume, filer and S3 gateway, loopback only.
+
+    ``-volume.max`` is fixed: its automatic value is free disk / volume size, and every
+    bucket takes 7 volumes, so with ~15 GB free a session's ~31 buckets ran out of volumes
+    (InternalError on PUT) - a test outcome that depended on the disk. Volumes are not
+    preallocated, so the high limit costs nothing.
+    """
     return [
         weed_binary(), "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
         f"-master.port={ports['master']}", f"-master.port.grpc={ports['master.grpc']}",
         "-master.telemetry=false", "-master.electionTimeout=1s",
-        "-master.volumeSizeLimitMB=64", "-volume.max=0",
+        "-master.volumeSizeLimitMB=64", "-volume.max=2000",
         f"-volume.port={ports['volume']}", f"-volume.port.grpc={ports['volume.grpc']}",
         "-volume.preStopSeconds=0",
         "-filer", f"-filer.port={ports['filer']}", f"-filer.port.grpc={ports['filer.grpc']}",
