@@ -7,6 +7,10 @@ worst, stored chunks the manifest does not know yet; ``gc`` removes those.
 
 Unchanged files (same size, mtime, ctime and inode as in the previous backup of the same
 source) reuse their chunk lists without being read, like restic's and borg's file cache.
+
+A re-run after a kill resumes (docs/consistency.md): the file cache includes what the
+interrupted run recorded, and objects it stored but had not recorded are reused, not
+uploaded again, once a length check shows they are whole.
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
-from enigma.chunkstore import ChunkStore, StoredChunk
-from enigma.errors import NotFoundError
+from enigma.chunkstore import ChunkStore, StoredChunk, chunk_id_from_key, with_retries
+from enigma.errors import NotFoundError, StorageError
 from enigma.manifest import BackupRecord, ChunkRecord, ChunkRef, FileEntry, LogEntry, Manifest
 from enigma.pipeline import ChunkUploader
 from enigma.repository import Repository
@@ -63,6 +67,9 @@ class BackupStats:
     skipped: int = 0
     errors: int = 0
     seconds: float = 0.0
+    #: Chunk objects an interrupted earlier run had stored and this one found whole
+    #: instead of uploading them again (only when resuming; see ``leftovers``).
+    chunks_resumed: int = 0
 
 
 @dataclass
@@ -85,12 +92,25 @@ def stored_path(path: Path) -> str:
 
 
 def previous_files(manifest: Manifest, root: Path) -> dict[str, FileEntry]:
-    """The file cache: regular files under ``root`` in the newest usable backup of it."""
+    """The file cache: regular files under ``root`` in the newest finished backup of it,
+    overlaid with what interrupted backups since then recorded.
+
+    An interrupted ("running") backup's file rows are as good as a finished one's: a file
+    row is written only after every chunk it uses has its row. Using them is what makes a
+    re-run after a kill skip the files the killed run finished, without reading them.
+    """
+    cache: dict[str, FileEntry] = {}
+    prefix = stored_path(root) or None
     for backup in reversed(manifest.list_backups()):
-        if backup.status in ("complete", "partial") and str(root) in backup.sources:
-            prefix = stored_path(root) or None
-            return {e.path: e for e in manifest.iter_files(backup.id, prefix) if e.type == "file"}
-    return {}
+        if backup.status not in ("complete", "partial", "running") \
+                or str(root) not in backup.sources:
+            continue
+        for entry in manifest.iter_files(backup.id, prefix):
+            if entry.type == "file":
+                cache.setdefault(entry.path, entry)  # the newest backup's row wins
+        if backup.status != "running":
+            break
+    return cache
 
 
 def unchanged(cached: FileEntry | None, st: os.stat_result) -> bool:
@@ -408,6 +428,29 @@ class _Backup:
             yield bytes(piece)
 
 
+def leftovers(repo: Repository) -> dict[str, set[str]]:
+    """Chunk objects an interrupted backup stored but never recorded, per provider.
+
+    Only looked for when the manifest shows an interrupted backup (one still "running":
+    killed, or running now beside this one; gc removes the stale ones), so an ordinary
+    backup never lists its providers. Such objects are what a re-run would otherwise
+    upload again. A provider that cannot be listed just gets no shortcut.
+    """
+    if not any(b.status == "running" for b in repo.manifest.list_backups()):
+        return {}
+    found: dict[str, set[str]] = {}
+    for label, provider in repo.providers.items():
+        try:
+            keys = with_retries(f"listing provider '{label}'",
+                                lambda p=provider: list(p.list("chunks/")))
+        except StorageError:
+            continue
+        ids = {i: k for k in keys if (i := chunk_id_from_key(k)) is not None}
+        known = repo.manifest.known_chunks(ids)
+        found[label] = {k for i, k in ids.items() if i not in known}
+    return found
+
+
 def run_backup(repo: Repository, sources: list[str | os.PathLike[str]], *,
                force: bool = False) -> BackupResult:
     """Back up ``sources``; raise on storage failure (after marking the backup failed)."""
@@ -423,6 +466,7 @@ def run_backup(repo: Repository, sources: list[str | os.PathLike[str]], *,
     excluded |= {Path(p.options["path"]) for p in repo.config.providers
                  if isinstance(p.options.get("path"), str)}
     run = _Backup(repo, backup_id, excluded, force)
+    run.uploader.resume_from(leftovers(repo))  # before ours shows up as "running"
     manifest.begin_backup(BackupRecord(
         id=backup_id, created_at=started, sources=[str(r) for r in roots],
         hostname=socket.gethostname(),
@@ -445,6 +489,7 @@ def run_backup(repo: Repository, sources: list[str | os.PathLike[str]], *,
         raise
     finally:
         run.uploader.close()
+        run.stats.chunks_resumed = run.uploader.reused
         run.stats.seconds = round(time.time() - started, 3)
         s = run.stats
         manifest.log(backup_id, [LogEntry(

@@ -32,6 +32,7 @@ from enigma.errors import (
 from enigma.interfaces import DistributionPolicy
 from enigma.manifest import ChunkRecord
 from enigma.plugins.distribution import Redundancy, redundancy_of
+from enigma.recipient import WriteOnlyError
 from enigma.repository import Repository
 
 T = TypeVar("T")
@@ -198,6 +199,40 @@ class ChunkAssembler(Generic[T]):
         return f"chunk {self.chunk_id.hex()[:12]}: " + "; ".join(notes or ["no copy"])
 
 
+class WriteOnlySealer:
+    """A write-only client's sealer: seals with this process's data key (made, sealed to
+    the recipient and stored on first use) and refuses to open anything."""
+
+    def __init__(self, session_key: Callable[[], tuple[int, bytes]]) -> None:
+        self._session_key = session_key
+        self._sealer: crypto.ChunkSealer | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:  # never print key bytes
+        return "WriteOnlySealer()"
+
+    def _get(self) -> crypto.ChunkSealer:
+        with self._lock:
+            if self._sealer is None:
+                key_id, key = self._session_key()
+                self._sealer = crypto.ChunkSealer({key_id: key}, key_id)
+            return self._sealer
+
+    @property
+    def current_key_id(self) -> int:
+        return self._get().current_key_id
+
+    @property
+    def key_ids(self) -> list[int]:
+        return []
+
+    def seal(self, chunk_id: bytes, payload: bytes | memoryview, compression: str = "") -> bytes:
+        return self._get().seal(chunk_id, payload, compression)
+
+    def open(self, chunk_id: bytes, blob: bytes | memoryview) -> tuple[crypto.ChunkHeader, bytes]:
+        raise WriteOnlyError()
+
+
 class ChunkStore:
     """Stores and loads chunks for one repository; every method is safe from many threads."""
 
@@ -207,7 +242,12 @@ class ChunkStore:
         self.manifest = repo.manifest
         self.providers = repo.providers
         self.compressor = repo.compressor
-        self.sealer = crypto.ChunkSealer(self.keys.data_keys, self.keys.current_key_id)
+        self.sealer: crypto.ChunkSealer | WriteOnlySealer
+        if self.keys.write_only:
+            self.sealer = WriteOnlySealer(repo.session_data_key)
+        else:
+            self.sealer = crypto.ChunkSealer(self.keys.data_keys, self.keys.current_key_id,
+                                             resolve=repo.resolve_data_key)
         #: Providers whose last read failed (not "missing": unreachable): read them last, so
         #: one dead cloud costs its retry budget once, not once per chunk.
         self._failing: set[str] = set()

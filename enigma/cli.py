@@ -124,13 +124,19 @@ def cli(ctx: click.Context, config_dir: str | None, passphrase: str | None,
 
 
 @cli.command()
+@click.option("--recipient", "recipient_file", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Make a write-only client: seal data keys to this recipient key (from "
+                   "'enigma key export-recipient'); it can back up but not decrypt.")
 @pass_state
-def init(state: State) -> None:
+def init(state: State, recipient_file: str | None) -> None:
     """Create the config, keystore, manifest and storage (safe to run again).
 
     \b
-    Example: enigma --config-dir ~/.enigma init
+    Examples:
+      enigma --config-dir ~/.enigma init
+      enigma init --recipient reader.pub   # write-only client (docs/write-only.md)
     """
+    public_key = read_recipient_file(recipient_file) if recipient_file else None
     ensure_private_dir(state.config_dir)
     config_path = state.config_dir / CONFIG_FILE
     if not config_path.exists():
@@ -141,9 +147,18 @@ def init(state: State) -> None:
     repo = state.repo()
     provider = repo.key_provider
     if provider.exists():
+        if public_key is not None:
+            raise ConfigError("keys exist already; --recipient only applies when creating a "
+                              "client's keys (to change the recipient: enigma key "
+                              "set-recipient FILE)")
         keys = repo.keys
         click.echo(f"keys exist and unlock (key versions: {sorted(keys.data_keys)})",
                    err=True)
+    elif public_key is not None:
+        refuse_existing_repository(repo)
+        repo.create_write_only_keys(public_key)
+        click.echo(f"created write-only client keys with key provider '{provider.name}' "
+                   f"(recipient {recipient_fingerprint(public_key)})", err=True)
     else:
         refuse_existing_repository(repo)
         repo.create_keys()
@@ -160,6 +175,8 @@ def init(state: State) -> None:
         click.echo(f"provider '{label}' ({storage.name}): "
                    f"{'created' if created else 'ready'}", err=True)
     mirror_keystore(repo, strict=True)
+    if repo.keys.write_only:
+        repo.publish_writer_key()
     click.echo(f"initialised repository in {state.config_dir}")
 
 
@@ -357,6 +374,7 @@ def verify(ctx: click.Context, backup_id: str, as_json: bool) -> None:
     from enigma.verify import run_verify
 
     state: State = ctx.obj
+    state.repo().require_readable()
     result = run_verify(state.repo(), backup_id)
     if as_json:
         echo_json({"backup_id": result.backup_id, "chunks": result.chunks,
@@ -411,6 +429,7 @@ def restore(state: State, backup_id: str, dest: str | None, prefix: str | None,
         return
     if dest is None:
         raise click.UsageError("DEST is required (or use --list)")
+    repo.require_readable()
     result = run_restore(repo, backup_id, dest, prefix=prefix, glob=glob, overwrite=overwrite)
     if as_json:
         echo_json({**asdict(result), "ok": result.ok})
@@ -461,6 +480,8 @@ def check(state: State, read_data: bool, subset: str | None, as_json: bool) -> N
     if read_data and subset:
         raise InvalidSubset("give --read-data or --read-data-subset, not both")
     chosen = EVERYTHING if read_data else Subset.parse(subset) if subset else None
+    if chosen:
+        state.repo().require_readable()
     result = run_check(state.repo(), chosen)
     if as_json:
         echo_json(to_json(result))
@@ -608,6 +629,7 @@ def repair(state: State, dry_run: bool, as_json: bool) -> None:
     from enigma.repair import run_repair
 
     repo = state.repo()
+    repo.require_readable()
     with repository_lock(repo.config.config_dir, exclusive=False):
         result = run_repair(repo, dry_run=dry_run)
     if result.moved and not dry_run:  # chunk locations changed in the manifest
@@ -677,8 +699,88 @@ def key_list(state: State) -> None:
     Example: enigma key list
     """
     keys = state.repo().keys
+    if keys.write_only:
+        click.echo(f"write-only client: no data keys; recipient "
+                   f"{recipient_fingerprint(keys.recipient)}")
+    for fp in sorted(keys.recipient_seeds):
+        click.echo(f"recipient {fp}{'  (current)' if fp == keys.current_recipient else ''}")
     for version in sorted(keys.data_keys):
         click.echo(f"{version}{'  (current)' if version == keys.current_key_id else ''}")
+
+
+@key.command("export-recipient")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--new", "new", is_flag=True,
+              help="Make a new recipient key pair first (the old ones stay, for old backups).")
+@pass_state
+def key_export_recipient(state: State, file: str, new: bool) -> None:
+    """Write this keystore's public recipient key to FILE ('-': stdout) for write-only clients.
+
+    The first export makes the key pair; its private half stays in this keystore.
+
+    \b
+    Examples:
+      enigma key export-recipient reader.pub
+      enigma key export-recipient --new reader-2025.pub   # rotate the recipient
+    """
+    from enigma.recipient import RecipientSecret, format_recipient
+
+    repo = state.repo()
+    keys = repo.keys
+    if keys.write_only:
+        raise ConfigError("a write-only client holds no recipient key; export it from the "
+                          "reader's keystore")
+    if file != "-" and os.path.lexists(file):
+        raise ConfigError(f"{file} exists; refusing to replace it")
+    if new or not keys.current_recipient:
+        keys = repo.new_recipient()
+        mirror_keystore(repo, strict=False)
+    public = RecipientSecret(keys.recipient_seeds[keys.current_recipient]).public_key()
+    text = format_recipient(public)
+    if file == "-":
+        click.echo(text, nl=False)
+    else:
+        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+    click.echo(f"recipient {keys.current_recipient}"
+               + ("" if file == "-" else f" written to {file}"), err=True)
+
+
+@key.command("set-recipient")
+@click.argument("file", type=click.Path(dir_okay=False))
+@pass_state
+def key_set_recipient(state: State, file: str) -> None:
+    """Write-only client: seal the data keys of future backups to another recipient key.
+
+    \b
+    Example: enigma key set-recipient reader-2025.pub
+    """
+    public_key = read_recipient_file(file)
+    repo = state.repo()
+    repo.set_recipient(public_key)
+    mirror_keystore(repo, strict=False)
+    repo.publish_writer_key()
+    click.echo(f"recipient {recipient_fingerprint(public_key)}: new backups are sealed to it")
+
+
+def read_recipient_file(path: str) -> bytes:
+    """The public key in a recipient key file (one-line error when it is not one)."""
+    from enigma.recipient import parse_recipient
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read(64 * 1024)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read recipient key {path}: "
+                          f"{getattr(exc, 'strerror', None) or 'not text'}") from None
+    return parse_recipient(text, f"recipient key {path}")
+
+
+def recipient_fingerprint(public_key: bytes) -> str:
+    from enigma.recipient import fingerprint
+
+    return fingerprint(public_key).hex()
 
 
 @cli.command()

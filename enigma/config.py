@@ -152,7 +152,11 @@ class Config:
 
     def resolve(self, value: str | os.PathLike[str]) -> Path:
         """Paths in config are relative to the config directory; ``~`` expands."""
-        path = Path(value).expanduser()
+        try:
+            path = Path(value).expanduser()
+        except RuntimeError:  # "~someone/..." for an unknown user, or no home directory
+            raise ConfigError(f"{self.path or CONFIG_FILE}: cannot expand {str(value)!r}: "
+                              "unknown user or no home directory") from None
         return path if path.is_absolute() else self.config_dir / path
 
     def server_options(self, table: str) -> dict[str, Any] | None:
@@ -254,7 +258,10 @@ def _providers(config: Config) -> list[ProviderConfig]:
     return providers
 
 
-_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+# The name is stripped in code, not with \s* around a lazy [^\]]+? (which also matches
+# spaces): that regex backtracked cubically, ~3 s for "[" + 2000 spaces inside a multi-line
+# string, hours for 20000.
+_HEADER = re.compile(r"^[ \t]*(\[\[?)([^\]]*)\]\]?[ \t]*(#.*)?$")
 _KEY = re.compile(r"""^\s*("?)([A-Za-z0-9_.\-]+)\1\s*=""")
 
 
@@ -271,7 +278,10 @@ def locate_line(text: str, table: str, key: str | None, index: int | None = None
     for number, line in enumerate(text.splitlines(), start=1):
         header = _HEADER.match(line)
         if header:
-            current = header.group(2).replace('"', "")
+            name = header.group(2).strip().replace('"', "")
+            if not name:  # "[]" is no table header (and no valid TOML either)
+                continue
+            current = name
             if current == table:
                 occurrence += 1 if header.group(1) == "[[" else 0
                 in_target = index is None or occurrence == index

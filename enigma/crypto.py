@@ -31,7 +31,8 @@ import binascii
 import hmac
 import os
 import struct
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -165,9 +166,12 @@ class ChunkSealer:
 
     Holds one ``AESGCM`` per key version so the pipeline does not rebuild cipher contexts
     per chunk; safe to share between threads (``AESGCM`` objects are immutable).
+    ``resolve`` finds a key version the mapping lacks (a reader unsealing a write-only
+    client's data key); it returns None for "no such key" and may raise ``IntegrityError``.
     """
 
-    def __init__(self, keys: Mapping[int, bytes], current_key_id: int) -> None:
+    def __init__(self, keys: Mapping[int, bytes], current_key_id: int, *,
+                 resolve: Callable[[int], bytes | None] | None = None) -> None:
         if current_key_id not in keys:
             raise ValueError(f"current key id {current_key_id} is not among the keys")
         for key in keys.values():
@@ -175,6 +179,8 @@ class ChunkSealer:
         self.current_key_id = current_key_id
         self._aeads = {int(kid): AESGCM(bytes(key)) for kid, key in keys.items()}
         self._headers: dict[str, bytes] = {}
+        self._resolve = resolve
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:  # never print key bytes
         return f"ChunkSealer(versions={sorted(self._aeads)}, current={self.current_key_id})"
@@ -194,13 +200,26 @@ class ChunkSealer:
     def open(self, chunk_id: bytes, blob: bytes | memoryview) -> tuple[ChunkHeader, bytes]:
         """Verify and decrypt; return the header and the (possibly still compressed) payload."""
         header, end = parse_header(blob)
-        aead = self._aeads.get(header.key_id)
+        aead = self._aeads.get(header.key_id) or self._resolved(chunk_id, header.key_id)
         if aead is None:
             raise IntegrityError(
                 f"chunk {_label(chunk_id)}: sealed with key version {header.key_id}, "
                 "which this keystore does not have"
             )
         return header, _decrypt(aead, chunk_id, blob, end)
+
+    def _resolved(self, chunk_id: bytes, key_id: int) -> AESGCM | None:
+        if self._resolve is None:
+            return None
+        try:
+            key = self._resolve(key_id)
+        except IntegrityError as exc:
+            raise IntegrityError(f"chunk {_label(chunk_id)}: {exc}") from None
+        if key is None:
+            return None
+        _check_key(key)
+        with self._lock:
+            return self._aeads.setdefault(key_id, AESGCM(bytes(key)))
 
 
 def _decrypt(aead: AESGCM, chunk_id: bytes, blob: bytes | memoryview, end: int) -> bytes:

@@ -15,6 +15,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, ClassVar
 
+from enigma.errors import ConfigError
+
 
 class Plugin(ABC):
     """Common shape: a type name users write in config, and aliases for seed compatibility."""
@@ -148,6 +150,18 @@ class KeyMaterial:
     current_key_id: int
     #: 32-byte key for ``enc:`` credentials in config files.
     credential_key: bytes = field(default=b"", repr=False)
+    #: Write-only client: the reader's public recipient key that per-process data keys are
+    #: sealed to (``enigma.recipient``). Such a client holds no data keys at all.
+    recipient: bytes = field(default=b"", repr=False)
+    #: Reader: recipient seeds by fingerprint (hex), to unseal what write-only clients sealed.
+    recipient_seeds: dict[str, bytes] = field(default_factory=dict, repr=False)
+    #: Reader: the fingerprint ``enigma key export-recipient`` hands out ("" = none yet).
+    current_recipient: str = ""
+
+    @property
+    def write_only(self) -> bool:
+        """True for a write-only client: it can seal chunks but holds no key to open them."""
+        return bool(self.recipient)
 
     def __repr__(self) -> str:  # never print key bytes
         return f"KeyMaterial(versions={sorted(self.data_keys)}, current={self.current_key_id})"
@@ -182,6 +196,18 @@ class KeyProvider(Plugin):
     def versions(self, passphrase: str | None) -> list[int]:
         """The data key versions that exist."""
         return sorted(self.load(passphrase).data_keys)
+
+    def create_write_only(self, passphrase: str | None, recipient: bytes) -> KeyMaterial:
+        """Create a write-only client's keys (an id key, no data keys) for ``recipient``."""
+        raise ConfigError(f"key provider '{self.name}' cannot make a write-only client")
+
+    def set_recipient(self, passphrase: str | None, recipient: bytes) -> KeyMaterial:
+        """Write-only client: seal future data keys to another recipient key."""
+        raise ConfigError(f"key provider '{self.name}' cannot make a write-only client")
+
+    def new_recipient(self, passphrase: str | None) -> KeyMaterial:
+        """Reader: add a recipient key pair and make it the one handed out."""
+        raise ConfigError(f"key provider '{self.name}' cannot hold recipient keys")
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,9 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from enigma import erasure
 from enigma.chunkstore import ChunkStore, StoredChunk, chunk_key, with_retries
+from enigma.errors import StorageError
 from enigma.manifest import ChunkRecord
 
 T = TypeVar("T")
@@ -134,6 +136,11 @@ class ChunkUploader:
             for label, provider in store.providers.items()}
         self._inflight: dict[bytes, Future[StoredChunk]] = {}
         self._lock = threading.Lock()
+        #: Per provider, chunk objects found there that the manifest did not know when a
+        #: resumed backup started (see ``resume_from``); their puts may be skipped.
+        self.maybe_stored: dict[str, set[str]] = {}
+        #: Placements not uploaded because a whole object was already there.
+        self.reused = 0
 
     def submit(self, data: bytes | memoryview) -> Future[StoredChunk]:
         """Queue one chunk; see ``submit_many``."""
@@ -219,10 +226,41 @@ class ChunkUploader:
             else:
                 self.uploads[label].submit(self._put_group, label, group)
 
+    def resume_from(self, maybe_stored: dict[str, set[str]]) -> None:
+        """Skip uploading objects an interrupted run already stored (keys per provider).
+
+        A killed backup leaves chunk objects it stored but had not recorded yet; a resumed
+        one lists them first and, for those, checks the object is whole (exactly the
+        sealed length: sealing the same chunk again gives the same length, only the nonce
+        differs) instead of writing it again.
+        """
+        self.maybe_stored = maybe_stored
+
+    def _already_stored(self, label: str, key: str, size: int) -> bool:
+        """Whether ``label`` holds ``key`` whole; any doubt means "upload it again"."""
+        if key not in self.maybe_stored.get(label, ()):
+            return False
+        provider = self.store.providers[label]
+        try:
+            # A range starting at the last byte holds exactly one byte iff the size is right.
+            tail = with_retries(f"reading from provider '{label}'", provider.get_range,
+                                key, size - 1, 2)
+        except StorageError:
+            return False
+        return len(tail) == 1
+
     def _put_group(self, label: str, group: list[tuple[str, bytes, _Completion]]) -> None:
         provider = self.store.providers[label]
         for key, sealed, completion in group:
             try:
+                # Never for shards: a leftover shard belongs to another encoding (its own
+                # nonce), and mixing two encodings' shards would leave fewer than k+m of one.
+                if not erasure.is_shard(sealed) and \
+                        self._already_stored(label, key, len(sealed)):
+                    with self._lock:
+                        self.reused += 1
+                    completion.stored()
+                    continue
                 with_retries(f"storing on provider '{label}'", provider.put, key, sealed)
             except BaseException as exc:  # handed to the waiting caller
                 completion.failed(exc)

@@ -152,7 +152,8 @@ def recover_keys(repo: Repository, passphrase: str | None, result: RecoverResult
         if not unlocked:
             raise AuthError(f"wrong passphrase: the keystore on provider '{labels[0]}' does not "
                             "unlock with it (nothing was written)")
-        labels = sorted(unlocked, key=lambda lb: (max(unlocked[lb].data_keys),
+        # A write-only client's keystore holds no data keys at all (default 0).
+        labels = sorted(unlocked, key=lambda lb: (max(unlocked[lb].data_keys, default=0),
                                                   len(unlocked[lb].data_keys)), reverse=True)
     chosen = labels[0]
     try:

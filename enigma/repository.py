@@ -6,14 +6,25 @@ Nothing is opened until a command needs it, so ``enigma list`` never derives a k
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import threading
 from collections.abc import Callable
+from contextlib import suppress
 from functools import cached_property
 from typing import Any
 
-from enigma import crypto
+from enigma import crypto, recipient
 from enigma.config import Config
-from enigma.errors import ConfigError, PluginError
+from enigma.errors import (
+    AuthError,
+    ConfigError,
+    EnigmaError,
+    IntegrityError,
+    ObjectNotFound,
+    PluginError,
+    StorageError,
+)
 from enigma.interfaces import (
     Chunker,
     Compressor,
@@ -39,6 +50,11 @@ class Repository:
         self.plugins = plugins
         self._passphrase_source = passphrase or (lambda confirm: None)
         self._keys: KeyMaterial | None = None
+        self._key_lock = threading.Lock()
+        #: Write-only client: this process's data key (id, key), made on first use.
+        self._session: tuple[int, bytes] | None = None
+        #: Reader: sealed data keys that could not be opened, with why (asked only once).
+        self._unsealable: dict[int, EnigmaError] = {}
         #: True in ``enigma serve``: a manifest plugin (Raft) may then run a cluster member.
         self.serving = False
 
@@ -61,9 +77,18 @@ class Repository:
 
     @property
     def keys(self) -> KeyMaterial:
-        """Unlock the key material once per process."""
+        """Unlock the key material once per process.
+
+        A reader (a keystore holding recipient seeds) whose providers hold a write-only
+        client's ``keys/writer/<fingerprint>`` takes that client's id key, so chunk ids,
+        manifest snapshots and dedup are the client's; its data keys are unsealed on demand
+        (``resolve_data_key``)."""
         if self._keys is None:
             self._keys = self.key_provider.load(self._passphrase())
+            if self._keys.recipient_seeds and not self._keys.write_only:
+                writer_id = self._writer_id_key(self._keys)
+                if writer_id is not None:
+                    self._keys = dataclasses.replace(self._keys, id_key=writer_id)
         return self._keys
 
     def create_keys(self) -> KeyMaterial:
@@ -73,6 +98,117 @@ class Repository:
     def rotate_keys(self) -> KeyMaterial:
         self._keys = self.key_provider.rotate(self._passphrase())
         return self._keys
+
+    # -- write-only clients and readers (enigma.recipient) ------------------------------
+
+    def create_write_only_keys(self, public_key: bytes) -> KeyMaterial:
+        self._keys = self.key_provider.create_write_only(self._passphrase(confirm=True),
+                                                         public_key)
+        return self._keys
+
+    def set_recipient(self, public_key: bytes) -> KeyMaterial:
+        self._keys = self.key_provider.set_recipient(self._passphrase(), public_key)
+        self._session = None  # the next data key goes to the new recipient
+        return self._keys
+
+    def new_recipient(self) -> KeyMaterial:
+        self._keys = self.key_provider.new_recipient(self._passphrase())
+        return self._keys
+
+    def require_readable(self) -> None:
+        """Fail at once, before any work, where a write-only client would need to decrypt."""
+        if self.keys.write_only:
+            raise recipient.WriteOnlyError()
+
+    def _secrets(self, keys: KeyMaterial) -> dict[bytes, recipient.RecipientSecret]:
+        return {bytes.fromhex(fp): recipient.RecipientSecret(seed)
+                for fp, seed in keys.recipient_seeds.items()}
+
+    def _get_any(self, name: str) -> list[bytes]:
+        """Every configured provider's copy of a small object (missing or unreadable: none)."""
+        from enigma.chunkstore import with_retries
+
+        blobs = []
+        for label, provider in self.providers.items():
+            with suppress(ObjectNotFound, StorageError):
+                blobs.append(with_retries(f"provider '{label}'", provider.get, name))
+        return blobs
+
+    def _writer_id_key(self, keys: KeyMaterial) -> bytes | None:
+        """The write-only client's id key, if these providers hold one sealed to us."""
+        secrets = self._secrets(keys)
+        for fp in secrets:
+            for blob in self._get_any(recipient.writer_object(fp)):
+                with suppress(EnigmaError):
+                    return recipient.open_key(secrets, blob, kind=recipient.KIND_ID, key_id=0)
+        return None
+
+    def resolve_data_key(self, key_id: int) -> bytes | None:
+        """Reader: unseal data key ``key_id`` from ``keys/sealed/`` (cached; None when this
+        keystore holds no recipient seeds). ``IntegrityError`` if no copy opens."""
+        keys = self.keys
+        if not keys.recipient_seeds or key_id < recipient.SESSION_KEY_ID_MIN:
+            return None
+        with self._key_lock:
+            if key_id in keys.data_keys:
+                return keys.data_keys[key_id]
+            if key_id in self._unsealable:
+                raise self._unsealable[key_id]
+            name = recipient.sealed_data_key_object(key_id)
+            error: EnigmaError = IntegrityError(f"sealed data key {name} is missing on every "
+                                                "provider")
+            for blob in self._get_any(name):
+                try:
+                    key = recipient.open_key(self._secrets(keys), blob,
+                                             kind=recipient.KIND_DATA, key_id=key_id)
+                except (IntegrityError, AuthError) as exc:
+                    error = IntegrityError(str(exc))
+                    continue
+                keys.data_keys[key_id] = key
+                return key
+            self._unsealable[key_id] = error
+            raise error
+
+    def session_data_key(self) -> tuple[int, bytes]:
+        """Write-only client: this process's data key, sealed to the recipient and stored as
+        ``keys/sealed/<id>`` on every provider before any chunk uses it."""
+        from enigma.chunkstore import with_retries
+
+        keys = self.keys
+        if not keys.write_only:
+            raise ConfigError("not a write-only client")
+        with self._key_lock:
+            if self._session is not None:
+                return self._session
+            self.publish_writer_key()
+            key = os.urandom(crypto.KEY_SIZE)
+            while True:
+                key_id = recipient.new_session_key_id()
+                name = recipient.sealed_data_key_object(key_id)
+                if not any(with_retries(f"provider '{label}'", p.exists, name)
+                           for label, p in self.providers.items()):
+                    break
+            blob = recipient.seal_key(keys.recipient, key, kind=recipient.KIND_DATA,
+                                      key_id=key_id)
+            for label, provider in self.providers.items():
+                with_retries(f"storing {name} on provider '{label}'", provider.put, name, blob)
+            self._session = (key_id, key)
+            return self._session
+
+    def publish_writer_key(self) -> None:
+        """Write-only client: store its id key sealed to the current recipient (once per
+        recipient), so the reader can open the manifest snapshots and check chunk ids."""
+        from enigma.chunkstore import with_retries
+
+        keys = self.keys
+        name = recipient.writer_object(recipient.fingerprint(keys.recipient))
+        blob = b""
+        for label, provider in self.providers.items():
+            if with_retries(f"provider '{label}'", provider.exists, name):
+                continue
+            blob = blob or recipient.seal_key(keys.recipient, keys.id_key,
+                                              kind=recipient.KIND_ID, key_id=0)
+            with_retries(f"storing {name} on provider '{label}'", provider.put, name, blob)
 
     # -- manifest ----------------------------------------------------------------------
 

@@ -420,3 +420,32 @@ def test_config_mistakes_are_one_line(local_enigma: tuple[Enigma, str], tmp_path
     enigma, providers = local_enigma
     (enigma.config_dir / "enigma.toml").write_text(policy + providers)
     assert_clean_error(enigma("backup", str(tmp_path)), *fragments)
+
+
+def test_a_resumed_backup_never_mixes_shards_of_two_encodings(tmp_path: Path) -> None:
+    """A killed backup leaves shards it stored but never recorded. Reusing some of them
+    beside freshly encoded ones would mix two encodings (each seals with its own nonce),
+    leaving fewer than k+m shards of either: the re-run must encode every shard anew."""
+    from enigma.manifest import BackupRecord
+
+    repo = local_repo(tmp_path, ERASURE + SMALL_CDC, "abc")
+    tree = make_tree(tmp_path / "src")
+    first = run_backup(repo, [tree])
+    ids = list(repo.manifest.iter_chunk_ids())
+    assert ids
+    # What a kill leaves: shards on a and b, none yet on c, no chunk rows, a backup that
+    # never finished.
+    repo.manifest.delete_backup(first.backup_id)
+    repo.manifest.delete_chunks(ids)
+    assert not list(repo.manifest.iter_chunk_ids())
+    for chunk_id in ids:
+        object_path(tmp_path, "c", chunk_id).unlink()
+    repo.manifest.begin_backup(BackupRecord("killed", 1.0, [str(tree)], "host"))
+
+    run_backup(repo, [tree])
+    for chunk_id in ids:
+        sets = {erasure.parse(object_path(tmp_path, label, chunk_id).read_bytes()).set_id
+                for label in "abc"}
+        assert len(sets) == 1, f"chunk {chunk_id.hex()[:12]} mixes two encodings"
+    run_restore(repo, run_backup(repo, [tree]).backup_id, tmp_path / "out")
+    assert snapshot(restored_root(tmp_path / "out", tree)) == snapshot(tree)

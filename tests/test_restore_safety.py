@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from helpers import Enigma, Result, restored_root, snapshot
 
+from enigma.manifest import FileEntry
 from enigma.restore import UnsafePath, safe_parts
 
 KEEP = "keep me\n"
@@ -382,3 +383,71 @@ def test_all_hostile_entries_at_once(repo: Repo) -> None:
     result = restore(repo)
     assert len(refused_lines(result)) == 7, result.err
     assert "7 refused" in result.err
+
+
+# --------------------------------------------------------------------------------------
+# Through the Manifest API, and through a recovered manifest snapshot
+# --------------------------------------------------------------------------------------
+
+
+def add_with_manifest_api(repo: Repo, *entries: Hostile) -> None:
+    """Like ``tamper``, but through the Manifest's own named mutation (``add_files``): what
+    a hostile snapshot made by a modified Enigma would hold, refcounts and all."""
+    from enigma.manifest import Manifest
+
+    manifest = Manifest(repo.enigma.config_dir / "manifest.db")
+    try:
+        (keep,) = [e for e in manifest.iter_files(repo.backup_id)
+                   if e.path == f"{repo.stored}/keep.txt"]
+        manifest.add_files(repo.backup_id, [
+            FileEntry(e.path, e.type, len(KEEP) if e.type == "file" else 0,
+                      0o755 if e.type == "dir" else 0o644, 1_600_000_000_000_000_000,
+                      e.target, chunks=list(keep.chunks) if e.type == "file" else [])
+            for e in entries])
+    finally:
+        manifest.close()
+
+
+HOSTILE_SET = (
+    Hostile("../../escape.txt"),
+    Hostile("/tmp/enigma-absolute-escape.txt"),
+    Hostile("evil", type="symlink", target="<outside>"),
+    Hostile("evil/planted.txt"),
+    Hostile("evil/inner", type="symlink", target="/"),
+)
+
+
+def hostile_set(repo: Repo) -> list[Hostile]:
+    return [Hostile(h.path, h.type, (h.target or "").replace("<outside>", str(repo.outside))
+                    or None) for h in HOSTILE_SET]
+
+
+def test_manifest_api_entries_are_refused(repo: Repo) -> None:
+    add_with_manifest_api(repo, *hostile_set(repo))
+    result = restore(repo)
+    assert len(refused_lines(result)) == 3, result.err  # ../, absolute, evil symlink
+    assert not os.path.lexists("/tmp/enigma-absolute-escape.txt")
+    assert (repo.dest / "evil" / "planted.txt").read_bytes() == KEEP.encode()
+
+
+def test_recovered_snapshot_with_hostile_entries_is_refused(repo: Repo,
+                                                            tmp_path: Path) -> None:
+    """A snapshot is what a new machine trusts after ``enigma recover``: hostile rows
+    sealed into one (by anyone holding the keys) are refused by the real restore there."""
+    add_with_manifest_api(repo, *hostile_set(repo))
+    other = tmp_path / "other-src"
+    other.mkdir()
+    (other / "x").write_text("x")
+    repo.enigma.ok("backup", str(other))  # seals a snapshot of the tampered manifest
+    storage = repo.enigma.config_dir / "storage"
+    assert list((storage / "meta" / "manifest").iterdir()), "no snapshot was stored"
+    fresh = Enigma(tmp_path / "new-machine")
+    fresh.config_dir.mkdir()
+    (fresh.config_dir / "enigma.toml").write_text(
+        (repo.enigma.config_dir / "enigma.toml").read_text()
+        + f'\n[[providers]]\nname = "local"\ntype = "Local"\npath = "{storage}"\n')
+    fresh.ok("recover")
+    moved = Repo(fresh, repo.source, repo.backup_id, repo.stored, repo.outside, repo.dest)
+    result = restore(moved)
+    assert len(refused_lines(result)) == 3, result.err
+    assert not os.path.lexists("/tmp/enigma-absolute-escape.txt")

@@ -19,17 +19,22 @@ The decrypted JSON::
      "mlkem768_seed": b64(64 bytes),    # the keystore's ML-KEM-768 private key (seed form)
      "kem_ciphertext": b64(1088 bytes), # an encapsulation to that key
      "id_key": W, "credential_key": W, "data_keys": {"1": W, "2": W, ...},
-     "current_key_id": 2, "created_at": "...Z", "updated_at": "...Z"}
+     "current_key_id": 2, "created_at": "...Z", "updated_at": "...Z",
+     # optional (absent in older files; ignored by older Enigma):
+     "recipient": b64(1216 bytes),      # write-only client: the reader's public recipient
+                                        # key; then "data_keys" is {} and current_key_id 0
+     "recipient_seeds": {"<fingerprint hex>": W, ...},  # reader: recipient private seeds
+     "current_recipient": "<fingerprint hex>"}           # the one export-recipient hands out
 
     master = HKDF-SHA256(salt=keystore salt, info=b"enigma-hybrid-v1")
                  .derive(outer_key || ML-KEM-768.decapsulate(seed, kem_ciphertext))
 
 Each ``W`` is ``b64(nonce(12) | AES-256-GCM(master, nonce, key, aad))`` wrapping a random
 32-byte key, with an ``aad`` naming the key (``b"enigma-key:id"``,
-``b"enigma-key:credential"``, ``b"enigma-key:data:<n>"``) so wrapped keys cannot be
-swapped for one another. Every write (create, rotate) uses a fresh salt, nonces and KEM
-encapsulation; the ML-KEM key pair and every wrapped key persist. ``id_key`` never rotates:
-chunk ids (and so dedup) depend on it.
+``b"enigma-key:credential"``, ``b"enigma-key:data:<n>"``, ``b"enigma-key:recipient:<fp>"``)
+so wrapped keys cannot be swapped for one another. Every write (create, rotate) uses a
+fresh salt, nonces and KEM encapsulation; the ML-KEM key pair and every wrapped key
+persist. ``id_key`` never rotates: chunk ids (and so dedup) depend on it.
 
 The file is always written with ``atomic_write`` at mode 0600, its directory created 0700.
 No key, passphrase or keystore byte ever appears in an exception message or a log.
@@ -56,6 +61,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from enigma.errors import AuthError, ConfigError, IntegrityError
 from enigma.fsutil import atomic_write
 from enigma.interfaces import KeyMaterial, KeyProvider
+from enigma.recipient import PUBLIC_KEY_SIZE
 
 __all__ = [
     "ARGON2_PARAMS",
@@ -174,6 +180,9 @@ class _Keystore:
     current_key_id: int
     mlkem_seed: bytes = field(repr=False)
     created_at: str
+    recipient: bytes = field(default=b"", repr=False)
+    recipient_seeds: dict[str, bytes] = field(default_factory=dict, repr=False)
+    current_recipient: str = ""
 
     def material(self) -> KeyMaterial:
         return KeyMaterial(
@@ -181,6 +190,9 @@ class _Keystore:
             data_keys=dict(self.data_keys),
             current_key_id=self.current_key_id,
             credential_key=self.credential_key,
+            recipient=self.recipient,
+            recipient_seeds=dict(self.recipient_seeds),
+            current_recipient=self.current_recipient,
         )
 
 
@@ -212,6 +224,12 @@ def _encode(state: _Keystore, passphrase: str) -> bytes:
         "created_at": state.created_at,
         "updated_at": _now(),
     }
+    if state.recipient:
+        doc["recipient"] = base64.b64encode(state.recipient).decode("ascii")
+    if state.recipient_seeds:
+        doc["recipient_seeds"] = {fp: wrap_key(master, seed, f"recipient:{fp}")
+                                  for fp, seed in sorted(state.recipient_seeds.items())}
+        doc["current_recipient"] = state.current_recipient
     plaintext = json.dumps(doc, indent=1).encode("utf-8")
     nonce = os.urandom(NONCE_SIZE)
     return salt + nonce + AESGCM(outer_key).encrypt(nonce, plaintext, KEYSTORE_AAD)
@@ -236,7 +254,7 @@ def _decode(blob: bytes, passphrase: str, where: str) -> _Keystore:
 
     try:
         doc = json.loads(plaintext)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: deeply nested JSON
         raise damaged("contents are not JSON") from None
     if not isinstance(doc, dict):
         raise damaged("contents are not a JSON object")
@@ -255,8 +273,11 @@ def _decode(blob: bytes, passphrase: str, where: str) -> _Keystore:
         master = hybrid_master_key(outer_key, shared, salt)
         id_key = unwrap_key(master, doc["id_key"], "id")
         credential_key = unwrap_key(master, doc["credential_key"], "credential")
+        recipient = base64.b64decode(doc.get("recipient", ""), validate=True)
+        if recipient and len(recipient) != PUBLIC_KEY_SIZE:
+            raise ValueError("recipient key has the wrong length")
         wrapped = doc["data_keys"]
-        if not isinstance(wrapped, dict) or not wrapped:
+        if not isinstance(wrapped, dict) or not (wrapped or recipient):
             raise ValueError("no data keys")
         data_keys: dict[int, bytes] = {}
         for name, value in wrapped.items():
@@ -265,8 +286,17 @@ def _decode(blob: bytes, passphrase: str, where: str) -> _Keystore:
                 raise ValueError(f"bad data key version {name!r}")
             data_keys[kid] = unwrap_key(master, value, f"data:{kid}")
         current = doc["current_key_id"]
-        if isinstance(current, bool) or not isinstance(current, int) or current not in data_keys:
+        if isinstance(current, bool) or not isinstance(current, int) or (
+                current not in data_keys and not (recipient and current == 0)):
             raise ValueError(f"current key version {current!r} has no key")
+        seeds_doc = doc.get("recipient_seeds", {})
+        if not isinstance(seeds_doc, dict):
+            raise ValueError("recipient_seeds is not an object")
+        seeds = {str(fp): unwrap_key(master, value, f"recipient:{fp}")
+                 for fp, value in seeds_doc.items()}
+        current_recipient = str(doc.get("current_recipient", ""))
+        if seeds and current_recipient not in seeds:
+            raise ValueError("current_recipient has no seed")
         created_at = str(doc.get("created_at", ""))
     except KeyError as exc:
         raise damaged(f"missing field {exc.args[0]!r}") from None
@@ -276,7 +306,8 @@ def _decode(blob: bytes, passphrase: str, where: str) -> _Keystore:
         raise ConfigError(
             "ML-KEM-768 is not supported by the OpenSSL that 'cryptography' uses here"
         ) from None
-    return _Keystore(id_key, credential_key, data_keys, current, seed, created_at)
+    return _Keystore(id_key, credential_key, data_keys, current, seed, created_at,
+                     recipient, seeds, current_recipient)
 
 
 class LocalKeyProvider(KeyProvider):
@@ -336,6 +367,10 @@ class LocalKeyProvider(KeyProvider):
         """Add data key version max+1 and make it current; older versions stay readable."""
         passphrase = self._require(passphrase)
         state = _decode(self._read(), passphrase, self.path)
+        if state.recipient:
+            raise ConfigError("write-only client: each backup makes its own data key, there is "
+                              "none to rotate; to change the recipient run: enigma key "
+                              "set-recipient FILE")
         new_id = max(state.data_keys) + 1
         state.data_keys[new_id] = os.urandom(KEY_SIZE)
         state.current_key_id = new_id
@@ -345,6 +380,50 @@ class LocalKeyProvider(KeyProvider):
     def versions(self, passphrase: str | None) -> list[int]:
         """The data key versions in the keystore, oldest first."""
         return sorted(self._load(passphrase).data_keys)
+
+    # -- write-only clients and their reader (enigma.recipient) ---------------------------
+
+    def create_write_only(self, passphrase: str | None, recipient: bytes) -> KeyMaterial:
+        """A write-only client's keystore: id and credential keys and the reader's public
+        recipient key, no data keys (each process makes its own and forgets it)."""
+        if not passphrase:
+            raise ConfigError("a non-empty passphrase is required to create a keystore")
+        if self.exists():
+            raise ConfigError(f"a keystore already exists at {self.path}; refusing to replace it")
+        state = _Keystore(
+            id_key=os.urandom(KEY_SIZE), credential_key=os.urandom(KEY_SIZE), data_keys={},
+            current_key_id=0, mlkem_seed=_new_mlkem_seed(), created_at=_now(),
+            recipient=bytes(recipient))
+        self._write(_encode(state, passphrase))
+        return state.material()
+
+    def set_recipient(self, passphrase: str | None, recipient: bytes) -> KeyMaterial:
+        """Seal future data keys to ``recipient``; only a write-only client has one."""
+        passphrase = self._require(passphrase)
+        state = _decode(self._read(), passphrase, self.path)
+        if not state.recipient:
+            raise ConfigError("this keystore is not a write-only client's (it holds data keys); "
+                              "create one with: enigma init --recipient FILE")
+        state.recipient = bytes(recipient)
+        self._write(_encode(state, passphrase))
+        return state.material()
+
+    def new_recipient(self, passphrase: str | None) -> KeyMaterial:
+        """Add a recipient key pair (its seed) and hand it out from now on; older seeds stay
+        so the backups sealed to them remain readable."""
+        from enigma.recipient import RecipientSecret
+
+        passphrase = self._require(passphrase)
+        state = _decode(self._read(), passphrase, self.path)
+        if state.recipient:
+            raise ConfigError("a write-only client cannot hold recipient keys; run "
+                              "export-recipient with the reader's keystore")
+        secret = RecipientSecret.generate()
+        fp = secret.fingerprint().hex()
+        state.recipient_seeds[fp] = secret.seed
+        state.current_recipient = fp
+        self._write(_encode(state, passphrase))
+        return state.material()
 
     # -- keystore bytes (for mirroring the keystore into the backends) --------------------
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, unquote_to_bytes
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
@@ -61,7 +61,12 @@ SUBRESOURCES = frozenset((
     "versions", "website"))
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _IPV4 = re.compile(r"\d+\.\d+\.\d+\.\d+")
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
+#: Digits beyond this are a number larger than any object (and int() refuses more than
+#: 4300 digits with a ValueError, which must not become an error 500).
+_MAX_DIGITS = 19
+#: What a response header value may hold (RFC 9110 field-value: visible Latin-1, SP, HTAB).
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 
 
 @dataclass
@@ -104,17 +109,44 @@ def parse_range(value: str | None, size: int) -> tuple[int, int] | None:
         return None
     first_text, last_text = match[1], match[2]
     if not first_text:  # suffix: the last n bytes
-        n = int(last_text)
+        n = _offset(last_text)
         if n == 0 or size == 0:
             raise S3Error("InvalidRange", ActualObjectSize=str(size), RangeRequested=value)
         return max(size - n, 0), size - 1
-    first = int(first_text)
-    last = int(last_text) if last_text else size - 1
+    first = _offset(first_text)
+    last = _offset(last_text) if last_text else size - 1
     if last_text and last < first:
         return None
     if first >= size:
         raise S3Error("InvalidRange", ActualObjectSize=str(size), RangeRequested=value)
     return first, min(last, size - 1)
+
+
+def _offset(digits: str) -> int:
+    """A Range offset; a huge one (any number of digits) is past every object's end."""
+    return int(digits) if len(digits) <= _MAX_DIGITS else 1 << 64
+
+
+def key_error(key: str) -> S3Error | None:
+    """Why an object key is refused, if it is: too long, or holding a NUL (which no XML
+    listing can carry, and which C tools syncing to a file system cut the name at)."""
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        return S3Error("KeyTooLongError")
+    if "\0" in key:
+        return S3Error("InvalidArgument", "Object keys may not contain a NUL character")
+    return None
+
+
+def strict_path(raw: bytes | None) -> bool:
+    """Whether the percent-encoded path decodes to valid UTF-8. The server's own decoding
+    replaces invalid bytes with U+FFFD, so "/b/%FF" and "/b/%FE" would name one key."""
+    if not raw:
+        return True
+    try:
+        unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class Handler:
@@ -162,6 +194,9 @@ class Handler:
     def run(self) -> Response:
         auth = sigv4.verify(sigv4.Request(self.method, self.raw_path, self.query,
                                           self.headers), self.app.options.credentials)
+        if not strict_path(self.scope.get("raw_path")):
+            raise S3Error("InvalidURI", "Couldn't parse the specified URI: the path is not "
+                                        "valid percent-encoded UTF-8")
         self.owner = auth.access_key
         self.auth = auth
         if not self.blind_write():
@@ -451,8 +486,9 @@ class Handler:
 
     def object_op(self, bucket: str, key: str, unsupported: set[str]) -> Response:
         method = self.method
-        if len(key.encode()) > MAX_KEY_BYTES:
-            raise S3Error("KeyTooLongError")
+        refused = key_error(key)
+        if refused is not None:
+            raise refused
         multipart = Multipart(self, xml_response)
         if method == "POST" and unsupported == {"uploads"}:
             return multipart.create(bucket, key)
@@ -535,6 +571,9 @@ class Handler:
         for name in ("content-type", *STORED_HEADERS):
             override = self.params.get(f"response-{name}")
             if override is not None:
+                if not _HEADER_VALUE.fullmatch(override):  # non-Latin-1, CR, LF, ...
+                    raise S3Error("InvalidArgument", f"response-{name} is not a valid "
+                                  "header value", ArgumentName=f"response-{name}")
                 headers = [(k, v) for k, v in headers if k.lower() != name]
                 headers.append((name, override))
         status = 200

@@ -16,6 +16,7 @@ import binascii
 import hashlib
 import hmac
 import io
+import re
 import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -31,6 +32,8 @@ MAX_LINE = 4096
 #: Most trailer lines accepted (S3 sends one checksum and, when signed, its signature).
 MAX_TRAILERS = 16
 PREFIX = "x-amz-checksum-"
+#: A chunk size: 1 to 16 hex digits (up to 2**64 - 1; S3 chunks are at most 5 GiB).
+_HEX_SIZE = re.compile(r"[0-9a-fA-F]{1,16}")
 
 
 class Crc:
@@ -154,10 +157,11 @@ class AwsChunked:
 
     def _start_chunk(self) -> None:
         size_text, _, extension = self._line().partition(";")
-        try:
-            size = int(size_text.strip(), 16)
-        except ValueError:
-            raise S3Error("IncompleteBody", "malformed aws-chunked chunk header") from None
+        # Hex digits only: int(..., 16) would also take "-10", "0x10" and "1_0", and a
+        # negative size would end the body early instead of refusing it.
+        if not _HEX_SIZE.fullmatch(size_text.strip()):
+            raise S3Error("IncompleteBody", "malformed aws-chunked chunk header")
+        size = int(size_text.strip(), 16)
         if self._auth is not None:
             name, _, value = extension.partition("=")
             if name.strip() != "chunk-signature":
@@ -173,7 +177,7 @@ class AwsChunked:
     def _end_chunk(self) -> None:
         if self._auth is not None:
             actual = self._auth.chunk_signature(self._previous, self._hash.hexdigest())
-            if not hmac.compare_digest(actual, self._expected):
+            if not sigv4.same(actual, self._expected):
                 raise S3Error("SignatureDoesNotMatch", "a chunk signature does not match")
             self._previous = self._expected
 
@@ -203,7 +207,7 @@ class AwsChunked:
         if signature is None:
             raise S3Error("SignatureDoesNotMatch", "the trailer has no x-amz-trailer-signature")
         actual = self._auth.trailer_signature(self._previous, self.trailers)
-        if not hmac.compare_digest(actual, signature):
+        if not sigv4.same(actual, signature):
             raise S3Error("SignatureDoesNotMatch", "the trailer signature does not match")
 
     def read_piece(self) -> bytes:

@@ -45,7 +45,8 @@ XMLNS = "http://s3.amazonaws.com/doc/2006-03-01/"
 #: encoded as ``[[size, count], ...]``. No HTTP header name contains ":", so no client
 #: metadata can collide with it, and GET/HEAD answer only header-shaped keys.
 PARTS_KEY = "enigma:parts"
-_COPY_RANGE = re.compile(r"bytes=(\d+)-(\d+)")
+# At most 20 digits: more is past any source's end (and int() refuses over 4300 digits).
+_COPY_RANGE = re.compile(r"bytes=([0-9]{1,20})-([0-9]{1,20})")
 
 
 class PartSpan(NamedTuple):

@@ -93,6 +93,16 @@ def signing_key(secret: str, date: str, region: str, service: str = "s3") -> byt
     return key
 
 
+def same(expected: str, given: str) -> bool:
+    """Constant-time equality of a computed signature and one from the request.
+
+    On bytes: ``hmac.compare_digest`` raises TypeError for a str holding non-ASCII
+    characters, which a hostile header or query value may (an error 500, not a 403).
+    """
+    return hmac.compare_digest(expected.encode("utf-8", "surrogatepass"),
+                               given.encode("utf-8", "surrogatepass"))
+
+
 def _hmac_hex(key: bytes, text: str) -> str:
     return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
 
@@ -196,10 +206,13 @@ def _verify_header(request: Request, header: str, secrets: Mapping[str, str],
             raise S3Error("InvalidRequest", "Signature Version 2 is not supported; use AWS "
                                             "Signature Version 4")
         raise S3Error("AccessDenied", f"unsupported authorization algorithm {algorithm!r}")
-    fields = dict(_AUTH_FIELD.fullmatch(p).groups() for p in rest.split(",")  # type: ignore[union-attr]
-                  if _AUTH_FIELD.fullmatch(p))
+    matches = [_AUTH_FIELD.fullmatch(p) for p in rest.split(",")]
+    fields = dict(m.groups() for m in matches if m)
     if set(fields) != {"Credential", "SignedHeaders", "Signature"}:
         raise S3Error("AccessDenied", "the Authorization header is malformed")
+    if not all(matches) or len(matches) != 3:  # junk or a repeated field: not ignored
+        raise S3Error("AuthorizationHeaderMalformed", "the Authorization header has "
+                                                      "unknown or repeated fields")
     access_key, date, region, service = _credential(fields["Credential"], secrets)
     amz_date = request.headers.get("x-amz-date") or ""
     if not amz_date:
@@ -271,6 +284,6 @@ def _match(request: Request, signed: list[str], payload: str, amz_date: str, sco
         text = "\n".join((ALGORITHM, amz_date, scope,
                           hashlib.sha256(canonical.encode("utf-8")).hexdigest()))
         # Both candidates are always checked: the time taken reveals nothing.
-        ok |= hmac.compare_digest(_hmac_hex(key, text), signature)
+        ok |= same(_hmac_hex(key, text), signature)
     if not ok:
         raise S3Error("SignatureDoesNotMatch")

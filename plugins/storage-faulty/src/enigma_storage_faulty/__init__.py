@@ -1,0 +1,1 @@
+"""Enigma storage plugin ``Faulty``: a local directory that fails on purpose, for tests."""
