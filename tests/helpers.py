@@ -36,6 +36,8 @@ class Enigma:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("ENIGMA_")}
         # A dead server should fail a test in seconds, not after the 30 s retry budget.
         full_env["ENIGMA_RETRY_SECONDS"] = "3"
+        if os.environ.get("ENIGMA_TEST_FAST_KDF"):  # see tests/conftest.py
+            full_env["ENIGMA_TEST_FAST_KDF"] = os.environ["ENIGMA_TEST_FAST_KDF"]
         chosen = passphrase if passphrase is not None else self.passphrase
         if chosen is not None:
             full_env["ENIGMA_PASSPHRASE"] = chosen

@@ -194,7 +194,7 @@ def test_snapshot_parser_with_zstd_bomb_header(snapshot_dir: Path) -> None:
 PASSPHRASE = "fuzz passphrase"
 
 
-def _fast_kdf(passphrase: str, salt: bytes) -> bytes:
+def _fast_kdf(passphrase: str, salt: bytes, params: object = None) -> bytes:
     """Stands in for Argon2id (0.1-0.5 s a call) so the parser behind it gets examples."""
     import hashlib
 
@@ -206,9 +206,9 @@ def _valid_keystore() -> tuple[bytes, dict]:
         state = local_keys._Keystore(os.urandom(32), os.urandom(32), {1: os.urandom(32)}, 1,
                                      local_keys._new_mlkem_seed(), "2024-01-01T00:00:00Z")
         blob = local_keys._encode(state, PASSPHRASE)
-    salt = blob[:32]
+    _params, salt, nonce, sealed, aad = local_keys.split_keystore(blob, "fuzz")
     outer = _fast_kdf(PASSPHRASE, salt)
-    doc = json.loads(AESGCM(outer).decrypt(blob[32:44], blob[44:], local_keys.KEYSTORE_AAD))
+    doc = json.loads(AESGCM(outer).decrypt(nonce, sealed, aad))
     return blob, doc
 
 
@@ -224,10 +224,11 @@ JSON_VALUES = st.recursive(
 
 def _reseal(doc_bytes: bytes) -> bytes:
     """A keystore whose outer layer opens: the JSON parser and key unwrapping are reached."""
-    salt = KEYSTORE[:32]
+    _params, salt, _nonce, _sealed, aad = local_keys.split_keystore(KEYSTORE, "fuzz")
     nonce = os.urandom(12)
-    return salt + nonce + AESGCM(_fast_kdf(PASSPHRASE, salt)).encrypt(
-        nonce, doc_bytes, local_keys.KEYSTORE_AAD)
+    header = KEYSTORE[:len(KEYSTORE) - len(_sealed) - len(_nonce) - len(salt)]
+    return header + salt + nonce + AESGCM(_fast_kdf(PASSPHRASE, salt)).encrypt(
+        nonce, doc_bytes, aad)
 
 
 @st.composite

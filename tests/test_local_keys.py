@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import stat
+import struct
 import sys
 
 import pytest
@@ -41,19 +42,22 @@ def provider(tmp_path) -> LocalKeyProvider:
 
 
 def _open_by_hand(path: str, passphrase: str) -> tuple[dict, bytes]:
-    """Decrypt a keystore from its documented format alone; return (json, master key)."""
+    """Decrypt a keystore from its documented format (2) alone; return (json, master key)."""
     blob = _read(path)
-    salt, nonce, sealed = blob[:32], blob[32:44], blob[44:]
+    magic, version, time_cost, memory_cost, parallelism = struct.unpack(">4sBIIB", blob[:14])
+    assert (magic, version) == (b"ENKS", 2)
+    header, body = blob[:14], blob[14:]
+    salt, nonce, sealed = body[:32], body[32:44], body[44:]
     outer = hash_secret_raw(
         secret=passphrase.encode(),
         salt=salt,
-        time_cost=3,
-        memory_cost=65536,
-        parallelism=4,
+        time_cost=time_cost,
+        memory_cost=memory_cost,
+        parallelism=parallelism,
         hash_len=32,
         type=Type.ID,
     )
-    doc = json.loads(AESGCM(outer).decrypt(nonce, sealed, b"enigma-keystore-v1"))
+    doc = json.loads(AESGCM(outer).decrypt(nonce, sealed, b"enigma-keystore-v1" + header))
     seed = base64.b64decode(doc["mlkem768_seed"])
     shared = MLKEM768PrivateKey.from_seed_bytes(seed).decapsulate(
         base64.b64decode(doc["kem_ciphertext"])
@@ -185,8 +189,9 @@ def test_layout_matches_the_documented_scheme(provider: LocalKeyProvider) -> Non
     assert doc["format"] == 1
     assert len(base64.b64decode(doc["mlkem768_seed"])) == 64
     assert doc["current_key_id"] == 1
-    assert doc["kdf"]["time_cost"] == 3 and doc["kdf"]["memory_cost"] == 65536
-    assert doc["kdf"]["parallelism"] == 4
+    # The JSON repeats the header's parameters (the tests' cheap ones: see conftest.py).
+    assert {k: doc["kdf"][k] for k in ("time_cost", "memory_cost", "parallelism")} == {
+        k: local_keys.TEST_ARGON2[k] for k in ("time_cost", "memory_cost", "parallelism")}
     assert "created_at" in doc
     # Every key unwraps with the independently recomputed hybrid master key.
     assert (
@@ -211,12 +216,12 @@ def test_wrapped_keys_are_bound_to_their_names(provider: LocalKeyProvider) -> No
     # Swap id_key and data key 1 and re-encrypt the outer layer: the keystore must refuse.
     doc["id_key"], doc["data_keys"]["1"] = doc["data_keys"]["1"], doc["id_key"]
     blob = _read(provider.path)
-    salt = blob[:32]
-    outer = local_keys.argon2_key(PASS, salt)
+    params, salt, _nonce, _sealed, aad = local_keys.split_keystore(blob, "test")
+    outer = local_keys.argon2_key(PASS, salt, params)
     nonce = os.urandom(12)
-    sealed = AESGCM(outer).encrypt(nonce, json.dumps(doc).encode(), b"enigma-keystore-v1")
+    sealed = AESGCM(outer).encrypt(nonce, json.dumps(doc).encode(), aad)
     with open(provider.path, "wb") as fh:
-        fh.write(salt + nonce + sealed)
+        fh.write(blob[:14] + salt + nonce + sealed)
     with pytest.raises(IntegrityError, match="damaged"):
         provider.load(PASS)
 
@@ -236,7 +241,7 @@ def test_argon2_parameters_are_a_module_constant() -> None:
 @posix_only
 def test_rotate_keeps_old_versions_and_id_key(provider: LocalKeyProvider) -> None:
     first = provider.create(PASS)
-    salt_before = _read(provider.path)[:32]
+    salt_before = _read(provider.path)[14:46]
     second = provider.rotate(PASS)
     assert second.current_key_id == 2
     assert sorted(second.data_keys) == [1, 2]
@@ -246,7 +251,7 @@ def test_rotate_keeps_old_versions_and_id_key(provider: LocalKeyProvider) -> Non
     assert second.credential_key == first.credential_key
     assert provider.load(PASS) == second
     assert _mode(provider.path) == 0o600
-    assert _read(provider.path)[:32] != salt_before
+    assert _read(provider.path)[14:46] != salt_before
 
     third = provider.rotate(PASS)
     assert third.current_key_id == 3
@@ -363,3 +368,46 @@ def test_atomic_write_missing_directory_raises(tmp_path) -> None:
     with pytest.raises(FileNotFoundError):
         atomic_write(tmp_path / "missing" / "file.bin", b"x")
     fsutil.fsync_dir(tmp_path)
+
+
+# --------------------------------------------------------------------------- Argon2id
+
+
+def test_new_keystores_record_strong_argon2_parameters(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("ENIGMA_TEST_FAST_KDF", raising=False)  # what users get
+    provider = LocalKeyProvider(config_dir=str(tmp_path / "cfg"))
+    provider.create(PASS)
+    magic, version, time_cost, memory_cost, parallelism = struct.unpack(
+        ">4sBIIB", _read(provider.path)[:14])
+    assert (magic, version) == (b"ENKS", 2)
+    assert (time_cost, memory_cost, parallelism) == (12, 65536, 4)
+    assert memory_cost >= 64 * 1024  # at least 64 MiB, readable before any key is derived
+    assert provider.load(PASS).current_key_id == 1
+
+
+def test_the_header_is_authenticated_and_bounded(provider: LocalKeyProvider) -> None:
+    provider.create(PASS)
+    blob = bytearray(_read(provider.path))
+    changed = bytearray(blob)
+    struct.pack_into(">I", changed, 5, struct.unpack_from(">I", blob, 5)[0] + 1)  # t + 1
+    atomic_write(provider.path, bytes(changed), mode=0o600)
+    with pytest.raises(AuthError):  # other parameters: another key, and the AAD differs
+        provider.load(PASS)
+    struct.pack_into(">I", changed, 9, 2**31)  # 2 TiB of memory: refused before Argon2
+    atomic_write(provider.path, bytes(changed), mode=0o600)
+    with pytest.raises(IntegrityError, match="memory_cost"):
+        provider.load(PASS)
+
+
+def test_format_1_keystores_still_open(tmp_path, monkeypatch) -> None:
+    """Keystores written before format 2 have no header and the fixed ARGON2_PARAMS."""
+    provider = LocalKeyProvider(config_dir=str(tmp_path / "cfg"))
+    with monkeypatch.context() as old_writer:
+        old_writer.setattr(local_keys, "keystore_header", lambda params: b"")
+        old_writer.setattr(local_keys, "new_keystore_params", lambda: local_keys.ARGON2_PARAMS)
+        created = provider.create(PASS)
+    assert _read(provider.path)[:4] != b"ENKS"
+    assert provider.load(PASS) == created
+    provider.rotate(PASS)  # rewritten as format 2
+    assert _read(provider.path)[:4] == b"ENKS"
+    assert provider.load(PASS).data_keys[1] == created.data_keys[1]

@@ -1,6 +1,18 @@
 """The built-in key provider: a passphrase-protected hybrid keystore file (DESIGN §5).
 
-Keystore file, format 1 (stable; changing it needs a format bump)::
+Keystore file, format 2 (written since 2026-11; format 1 is still read)::
+
+    header (14 bytes): magic b"ENKS" | version 2 (1 byte) | Argon2id time_cost (u32 BE) |
+                       memory_cost in KiB (u32 BE) | parallelism (1 byte)
+    salt (32 random bytes) | nonce (12) | AES-256-GCM(outer_key, nonce, JSON)
+    with aad = b"enigma-keystore-v1" || header
+
+    The Argon2id parameters are readable before the key is derived and bound to the file
+    by the AAD. New keystores use ``DEFAULT_ARGON2`` (time_cost=12, 64 MiB, parallelism 4:
+    ~0.47 s on the 2-core reference machine; more memory would exceed the 200 MiB RSS
+    bound of a backup). Reading refuses parameters outside ``ARGON2_LIMITS``.
+
+Keystore file, format 1 (read only)::
 
     salt (32 random bytes) | nonce (12) | AES-256-GCM(outer_key, nonce, JSON)
     with aad = b"enigma-keystore-v1"
@@ -46,6 +58,7 @@ import base64
 import binascii
 import json
 import os
+import struct
 import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -76,7 +89,7 @@ __all__ = [
     "wrap_key",
 ]
 
-KEYSTORE_FORMAT = 1
+KEYSTORE_FORMAT = 1  # of the JSON inside; the file format is in the header
 KEYSTORE_FILENAME = "keystore.enc"
 KEYSTORE_AAD = b"enigma-keystore-v1"
 HYBRID_INFO = b"enigma-hybrid-v1"
@@ -93,6 +106,23 @@ MAX_KEYSTORE_SIZE = 16 * 1024 * 1024
 ARGON2_PARAMS: MappingProxyType[str, int] = MappingProxyType(
     {"time_cost": 3, "memory_cost": 65536, "parallelism": 4, "hash_len": 32}
 )
+#: What a new (format 2) keystore uses, recorded in its header.
+DEFAULT_ARGON2: MappingProxyType[str, int] = MappingProxyType(
+    {"time_cost": 12, "memory_cost": 65536, "parallelism": 4, "hash_len": 32}
+)
+#: Cheap parameters for test suites only (thousands of keystore unlocks), chosen by
+#: ENIGMA_TEST_FAST_KDF=1 when a keystore is created; the header records them, so such a
+#: keystore says what it is.
+TEST_ARGON2: MappingProxyType[str, int] = MappingProxyType(
+    {"time_cost": 1, "memory_cost": 8192, "parallelism": 1, "hash_len": 32}
+)
+#: (min, max) of each parameter a keystore header may ask for: a damaged or hostile
+#: header must not make an unlock take hours or all memory.
+ARGON2_LIMITS = {"time_cost": (1, 64), "memory_cost": (8192, 4 * 1024 * 1024),
+                 "parallelism": (1, 64)}
+HEADER_MAGIC = b"ENKS"
+HEADER_VERSION = 2
+_HEADER = struct.Struct(">4sBIIB")
 
 
 # --------------------------------------------------------------------------- primitives
@@ -105,11 +135,49 @@ def _passphrase_bytes(passphrase: str) -> bytes:
         raise ConfigError("the passphrase contains characters that are not valid text") from None
 
 
-def argon2_key(passphrase: str, salt: bytes) -> bytes:
-    """Argon2id(passphrase, salt) with the format-1 parameters: the keystore's outer key."""
+def argon2_key(passphrase: str, salt: bytes,
+               params: MappingProxyType[str, int] | dict[str, int] = ARGON2_PARAMS) -> bytes:
+    """Argon2id(passphrase, salt): the keystore's outer key (format-1 parameters unless
+    the keystore's header names others)."""
     return hash_secret_raw(
-        secret=_passphrase_bytes(passphrase), salt=salt, type=Type.ID, **ARGON2_PARAMS
+        secret=_passphrase_bytes(passphrase), salt=salt, type=Type.ID, **params
     )
+
+
+def new_keystore_params() -> MappingProxyType[str, int]:
+    """The Argon2id parameters a keystore created now gets."""
+    return TEST_ARGON2 if os.environ.get("ENIGMA_TEST_FAST_KDF") == "1" else DEFAULT_ARGON2
+
+
+def keystore_header(params: MappingProxyType[str, int] | dict[str, int]) -> bytes:
+    return _HEADER.pack(HEADER_MAGIC, HEADER_VERSION, params["time_cost"],
+                        params["memory_cost"], params["parallelism"])
+
+
+def split_keystore(blob: bytes, where: str) -> tuple[dict[str, int], bytes, bytes, bytes, bytes]:
+    """(Argon2id parameters, salt, nonce, sealed JSON, AAD) of a keystore file of either
+    format; a malformed header or out-of-range parameters are a clean IntegrityError."""
+    if blob[:4] != HEADER_MAGIC:  # format 1: no header
+        header, params = b"", dict(ARGON2_PARAMS)
+    else:
+        if len(blob) < _HEADER.size:
+            raise IntegrityError(f"keystore {where} is truncated or not an Enigma keystore")
+        _magic, version, time_cost, memory_cost, parallelism = _HEADER.unpack_from(blob)
+        if version != HEADER_VERSION:
+            raise IntegrityError(f"keystore {where} has format {version}; this Enigma reads "
+                                 "formats 1 and 2 (upgrade Enigma?)")
+        params = {"time_cost": time_cost, "memory_cost": memory_cost,
+                  "parallelism": parallelism, "hash_len": KEY_SIZE}
+        for name, (low, high) in ARGON2_LIMITS.items():
+            if not low <= params[name] <= high:
+                raise IntegrityError(f"keystore {where} is damaged: Argon2id {name} "
+                                     f"{params[name]} is outside {low}..{high}")
+        header = blob[:_HEADER.size]
+    body = blob[len(header):]
+    if len(body) < SALT_SIZE + NONCE_SIZE + TAG_SIZE:
+        raise IntegrityError(f"keystore {where} is truncated or not an Enigma keystore")
+    return (params, body[:SALT_SIZE], body[SALT_SIZE:SALT_SIZE + NONCE_SIZE],
+            body[SALT_SIZE + NONCE_SIZE:], KEYSTORE_AAD + header)
 
 
 def hybrid_master_key(outer_key: bytes, kem_shared_secret: bytes, salt: bytes) -> bytes:
@@ -199,7 +267,9 @@ class _Keystore:
 def _encode(state: _Keystore, passphrase: str) -> bytes:
     """Serialise and encrypt a keystore with a fresh salt, nonces and KEM encapsulation."""
     salt = os.urandom(SALT_SIZE)
-    outer_key = argon2_key(passphrase, salt)
+    params = new_keystore_params()
+    header = keystore_header(params)
+    outer_key = argon2_key(passphrase, salt, params)
     try:
         private = _mlkem().from_seed_bytes(state.mlkem_seed)
         shared, kem_ciphertext = private.public_key().encapsulate()
@@ -210,7 +280,7 @@ def _encode(state: _Keystore, passphrase: str) -> bytes:
     master = hybrid_master_key(outer_key, shared, salt)
     doc = {
         "format": KEYSTORE_FORMAT,
-        "kdf": {"algorithm": "argon2id", "version": 19, "salt_len": SALT_SIZE, **ARGON2_PARAMS},
+        "kdf": {"algorithm": "argon2id", "version": 19, "salt_len": SALT_SIZE, **params},
         "kem": "ML-KEM-768",
         "mlkem768_seed": base64.b64encode(state.mlkem_seed).decode("ascii"),
         "kem_ciphertext": base64.b64encode(kem_ciphertext).decode("ascii"),
@@ -232,19 +302,16 @@ def _encode(state: _Keystore, passphrase: str) -> bytes:
         doc["current_recipient"] = state.current_recipient
     plaintext = json.dumps(doc, indent=1).encode("utf-8")
     nonce = os.urandom(NONCE_SIZE)
-    return salt + nonce + AESGCM(outer_key).encrypt(nonce, plaintext, KEYSTORE_AAD)
+    return header + salt + nonce + AESGCM(outer_key).encrypt(nonce, plaintext,
+                                                             KEYSTORE_AAD + header)
 
 
 def _decode(blob: bytes, passphrase: str, where: str) -> _Keystore:
     """Decrypt and validate a keystore file's bytes; ``where`` names it in messages."""
-    if len(blob) < SALT_SIZE + NONCE_SIZE + TAG_SIZE:
-        raise IntegrityError(f"keystore {where} is truncated or not an Enigma keystore")
-    salt = blob[:SALT_SIZE]
-    nonce = blob[SALT_SIZE : SALT_SIZE + NONCE_SIZE]
-    sealed = blob[SALT_SIZE + NONCE_SIZE :]
-    outer_key = argon2_key(passphrase, salt)
+    params, salt, nonce, sealed, aad = split_keystore(blob, where)
+    outer_key = argon2_key(passphrase, salt, params)
     try:
-        plaintext = AESGCM(outer_key).decrypt(nonce, sealed, KEYSTORE_AAD)
+        plaintext = AESGCM(outer_key).decrypt(nonce, sealed, aad)
     except InvalidTag:
         # Also what a damaged file looks like: GCM cannot tell the two apart.
         raise AuthError(f"wrong passphrase for keystore {where}") from None
