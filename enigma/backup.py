@@ -28,7 +28,7 @@ from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
-from enigma.chunkstore import ChunkStore, StoredChunk, chunk_id_from_key, with_retries
+from enigma.chunkstore import ChunkStore, StoredChunk, stored_chunks
 from enigma.errors import NotFoundError, StorageError
 from enigma.manifest import BackupRecord, ChunkRecord, ChunkRef, FileEntry, LogEntry, Manifest
 from enigma.pipeline import ChunkUploader
@@ -441,11 +441,9 @@ def leftovers(repo: Repository) -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
     for label, provider in repo.providers.items():
         try:
-            keys = with_retries(f"listing provider '{label}'",
-                                lambda p=provider: list(p.list("chunks/")))
+            ids = stored_chunks(label, provider)
         except StorageError:
             continue
-        ids = {i: k for k in keys if (i := chunk_id_from_key(k)) is not None}
         known = repo.manifest.known_chunks(ids)
         found[label] = {k for i, k in ids.items() if i not in known}
     return found

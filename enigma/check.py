@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from enigma.chunkstore import ChunkStore, chunk_id_from_key, chunk_key, with_retries
+from enigma.chunkstore import ChunkStore, chunk_key, stored_chunks, with_retries
 from enigma.errors import EnigmaError, ObjectNotFound, StorageError
 from enigma.interfaces import StorageProvider
 from enigma.lock import repository_lock
@@ -154,12 +154,7 @@ class _Item:
 
 
 def _list_chunks(label: str, provider: StorageProvider) -> set[bytes]:
-    ids = set()
-    for key in with_retries(f"listing provider '{label}'", lambda: list(provider.list("chunks/"))):
-        chunk_id = chunk_id_from_key(key)
-        if chunk_id is not None:
-            ids.add(chunk_id)
-    return ids
+    return set(stored_chunks(label, provider))
 
 
 def _list_all(repo: Repository, result: CheckResult) -> dict[str, set[bytes]]:

@@ -29,7 +29,7 @@ from enigma.errors import (
     StorageError,
     TransientStorageError,
 )
-from enigma.interfaces import DistributionPolicy
+from enigma.interfaces import DistributionPolicy, StorageProvider
 from enigma.manifest import ChunkRecord
 from enigma.plugins.distribution import Redundancy, redundancy_of
 from enigma.recipient import WriteOnlyError
@@ -67,6 +67,13 @@ def chunk_id_from_key(key: str) -> bytes | None:
         return bytes.fromhex(parts[2])
     except ValueError:
         return None
+
+
+def stored_chunks(label: str, provider: StorageProvider) -> dict[bytes, str]:
+    """Chunk id -> object name of every chunk object ``provider`` lists (with retries):
+    what gc, check, recover and a resumed backup compare with the manifest."""
+    keys = with_retries(f"listing provider '{label}'", lambda: list(provider.list("chunks/")))
+    return {chunk_id: key for key in keys if (chunk_id := chunk_id_from_key(key)) is not None}
 
 
 def retry_seconds() -> float:

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from enigma.chunkstore import chunk_id_from_key, chunk_key, with_retries
+from enigma.chunkstore import chunk_key, stored_chunks, with_retries
 from enigma.errors import ConfigError
 from enigma.lock import repository_lock
 from enigma.manifest import BackupRecord
@@ -95,11 +95,7 @@ def run_gc(repo: Repository, *, dry_run: bool = False) -> GcResult:
                         with_retries(f"deleting from provider '{label}'", provider.delete,
                                      chunk_key(record.id))
         for label, provider in repo.providers.items():
-            candidates = {}
-            for key in provider.list("chunks/"):
-                chunk_id = chunk_id_from_key(key)
-                if chunk_id is not None:
-                    candidates[chunk_id] = key
+            candidates = stored_chunks(label, provider)
             known = manifest.known_chunks(candidates)
             for chunk_id, key in candidates.items():
                 if chunk_id in known:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from enigma import crypto
-from enigma.chunkstore import ChunkStore, chunk_id_from_key, with_retries
+from enigma.chunkstore import ChunkStore, stored_chunks, with_retries
 from enigma.errors import (
     AuthError,
     ConfigError,
@@ -322,15 +322,12 @@ def rebuild_chunk_index(repo: Repository, providers: dict[str, StorageProvider],
         if label in result.unreachable:
             continue
         try:
-            keys = with_retries(f"listing provider '{label}'",
-                                lambda p=provider: list(p.list("chunks/")))
+            listed = stored_chunks(label, provider)
         except EnigmaError as exc:
             result.unreachable[label] = str(exc)
             continue
-        for object_key in keys:
-            chunk_id = chunk_id_from_key(object_key)
-            if chunk_id is not None:
-                holders.setdefault(chunk_id, []).append(label)
+        for chunk_id in listed:
+            holders.setdefault(chunk_id, []).append(label)
     store = ChunkStore(repo)
 
     def check(item: tuple[bytes, list[str]]) -> ChunkRecord | Skip:

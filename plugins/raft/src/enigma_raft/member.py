@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import sys
@@ -78,7 +79,7 @@ def _reader(options: RaftOptions) -> ReplicatedManifest:
     scratch = Path(tempfile.mkdtemp(prefix="enigma-raft-reader-"))
     local = Manifest(scratch / "manifest.db")
     snapshot = SnapshotFile(local)
-    reader_options = RaftOptions(**{**options.__dict__, "data_dir": scratch})
+    reader_options = dataclasses.replace(options, data_dir=scratch)
     conf = sync_conf(reader_options, snapshot)
     conf.journalFile = None  # a reader keeps nothing across runs
     node = ManifestNode(local, None, [options.addr, *(p.addr for p in options.peers)], conf)

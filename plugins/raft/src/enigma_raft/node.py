@@ -208,10 +208,13 @@ def _durable_journal(path: str | None) -> Any:
 _JOURNAL_SWAP = threading.Lock()
 
 
+#: pysyncobj's failure codes in words, for messages.
+_REASONS = {value: name.lower().replace("_", " ") for name, value in vars(FAIL_REASON).items()
+            if name.isupper()}
+
+
 def _reason(error: int) -> str:
-    names = {v: k.lower().replace("_", " ") for k, v in vars(FAIL_REASON).items()
-             if k.isupper()}
-    return names.get(error, f"error {error}")
+    return _REASONS.get(error, f"error {error}")
 
 
 def reset_state(data_dir: Path) -> Path:
