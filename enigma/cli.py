@@ -37,6 +37,9 @@ class State:
         self.config_dir: Path = config_dir_from(None)
         self.passphrase: str | None = None
         self.debug = False
+        #: --limit-upload / --limit-download in KiB/s (None: the config's, or no limit).
+        self.limit_upload: int | None = None
+        self.limit_download: int | None = None
         self._repo: Repository | None = None
 
     @property
@@ -58,6 +61,8 @@ class State:
             config = load_config(self.config_dir, required=required,
                                  extra_tables=self.server_tables())
             self._repo = Repository(config, self.plugins, self.ask_passphrase)
+            self._repo.limit_overrides = {"upload": self.limit_upload,
+                                          "download": self.limit_download}
         return self._repo
 
     def server_tables(self) -> frozenset[str]:
@@ -104,10 +109,18 @@ def masked(value: Any, key: str = "") -> Any:
 @click.option("--passphrase", metavar="P", envvar="ENIGMA_PASSPHRASE", show_envvar=True,
               help="Keystore passphrase; asked for on a terminal when not given.")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.option("--limit-upload", metavar="KiB/s", type=click.IntRange(min=1),
+              envvar="ENIGMA_LIMIT_UPLOAD", show_envvar=True,
+              help="Limit traffic to the storage providers to this rate "
+                   "(overrides [enigma] limit_upload).")
+@click.option("--limit-download", metavar="KiB/s", type=click.IntRange(min=1),
+              envvar="ENIGMA_LIMIT_DOWNLOAD", show_envvar=True,
+              help="Limit traffic from the storage providers to this rate "
+                   "(overrides [enigma] limit_download).")
 @click.version_option(__version__, prog_name="enigma")
 @click.pass_context
 def cli(ctx: click.Context, config_dir: str | None, passphrase: str | None,
-        debug: bool) -> None:
+        debug: bool, limit_upload: int | None, limit_download: int | None) -> None:
     """Enigma: encrypted, deduplicated backups spread over several clouds.
 
     \b
@@ -121,6 +134,8 @@ def cli(ctx: click.Context, config_dir: str | None, passphrase: str | None,
     state.config_dir = config_dir_from(config_dir)
     state.passphrase = passphrase
     state.debug = debug
+    state.limit_upload = limit_upload
+    state.limit_download = limit_download
 
 
 @cli.command()

@@ -57,6 +57,9 @@ class Repository:
         self._unsealable: dict[int, EnigmaError] = {}
         #: True in ``enigma serve``: a manifest plugin (Raft) may then run a cluster member.
         self.serving = False
+        #: Bandwidth limits in KiB/s given on the command line ("upload", "download"; None:
+        #: the config's). Set before the providers are first used.
+        self.limit_overrides: dict[str, int | None] = {}
 
     # -- keys --------------------------------------------------------------------------
 
