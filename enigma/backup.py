@@ -32,7 +32,9 @@ from enigma.chunkstore import ChunkStore, StoredChunk, stored_chunks
 from enigma.errors import NotFoundError, StorageError
 from enigma.manifest import BackupRecord, ChunkRecord, ChunkRef, FileEntry, LogEntry, Manifest
 from enigma.pipeline import ChunkUploader
+from enigma.progress import NO_PROGRESS, Progress, TotalsScanner
 from enigma.repository import Repository
+from enigma.telemetry import TELEMETRY, TelemetrySnapshot
 
 #: Flush manifest rows after this many files or new chunks, or this many seconds: big
 #: batches are fast, short intervals bound what a crash makes the next run redo.
@@ -45,6 +47,8 @@ WHOLE_FILE_LIMIT = 16 * 1024 * 1024
 SMALL_GROUP_FILES = 64
 SMALL_GROUP_BYTES = 4 * 1024 * 1024
 READ_BLOCK = 1 << 20
+#: A running backup records its partial stats at most this often (live progress).
+PROGRESS_SECONDS = 1.0
 
 
 @dataclass
@@ -70,6 +74,28 @@ class BackupStats:
     #: Chunk objects an interrupted earlier run had stored and this one found whole
     #: instead of uploading them again (only when resuming; see ``leftovers``).
     chunks_resumed: int = 0
+    #: Chunks of the files read that were not stored again (the repository, or this run,
+    #: already had them) and their plaintext bytes.
+    chunks_deduplicated: int = 0
+    bytes_deduplicated: int = 0
+    #: bytes_read / bytes_new: plaintext read per new plaintext byte (None: nothing new).
+    dedup_ratio: float | None = None
+    #: bytes_new / bytes_stored: plaintext per stored byte of the new chunks.
+    compression_ratio: float | None = None
+    #: Failed storage calls and retries during the run, by provider label.
+    backend_errors: dict[str, int] = field(default_factory=dict)
+    backend_retries: dict[str, int] = field(default_factory=dict)
+
+    def add_figures(self, pipeline: TelemetrySnapshot) -> None:
+        """Fill the derived figures from the stats and the pipeline's counters of the run
+        (the same ones ``enigma serve`` exports as Prometheus metrics)."""
+        self.chunks_deduplicated = pipeline.chunks_deduplicated
+        self.bytes_deduplicated = pipeline.bytes_deduplicated
+        self.dedup_ratio = round(self.bytes_read / self.bytes_new, 3) if self.bytes_new else None
+        self.compression_ratio = (round(self.bytes_new / self.bytes_stored, 3)
+                                  if self.bytes_stored else None)
+        self.backend_errors = pipeline.errors_by_provider()
+        self.backend_retries = dict(pipeline.backend_retries)
 
 
 @dataclass
@@ -78,6 +104,14 @@ class BackupResult:
     status: str  # complete | partial
     stats: BackupStats
     problems: list[str] = field(default_factory=list)
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _by_provider(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "0"
 
 
 def new_backup_id() -> str:
@@ -167,12 +201,17 @@ class _Backup:
         self.queued: set[bytes] = set()
         self.pending_log: list[LogEntry] = []
         self.last_flush = time.monotonic()
+        self.progress: Progress = NO_PROGRESS
+        self.last_progress = self.last_flush
+        self.started = time.time()
+        self.telemetry_at_start = TELEMETRY.snapshot()
 
     # -- audit trail -------------------------------------------------------------------
 
     def note(self, level: str, event: str, path: str | None, message: str) -> None:
         self.pending_log.append(LogEntry(time.time(), level, event, path, message))
         if level in ("warning", "error"):
+            self.progress.error(path, message)
             self.problems.append(f"{path}: {message}" if path else message)
             self.stats.errors += level == "error"
             self.stats.skipped += 1
@@ -214,12 +253,16 @@ class _Backup:
             self.loose = [f for f in self.loose if f not in done_loose]
         while self.in_flight and (wait or all(f.done() for f in self.in_flight[0].futures)):
             pending = self.in_flight.popleft()
-            if pending.small and not self._small_file_read(pending):
-                continue
+            if pending.small:
+                if not self._small_file_read(pending):
+                    continue
+                self.progress.advance(files=1, bytes=pending.entry.size)
             self._take_records(pending.futures)
             for ref, future in zip(pending.entry.chunks, pending.futures, strict=True):
                 ref.chunk_id = future.result().chunk_id
             self.ready_files.append(pending.entry)
+            if wait and time.monotonic() - self.last_flush >= FLUSH_SECONDS:
+                self.flush()  # the final wait can be long: keep recording as files finish
         if (len(self.ready_files) >= FILE_BATCH or len(self.ready_chunks) >= CHUNK_BATCH
                 or time.monotonic() - self.last_flush >= FLUSH_SECONDS):
             self.flush()
@@ -263,6 +306,11 @@ class _Backup:
             self.manifest.log(self.backup_id, self.pending_log)
             self.pending_log = []
         self.last_flush = time.monotonic()
+        if self.last_flush - self.last_progress >= PROGRESS_SECONDS:
+            # Partial stats for watchers (the dashboard's live progress).
+            self.stats.seconds = round(time.time() - self.started, 3)
+            self.manifest.backup_progress(self.backup_id, asdict(self.stats))
+            self.last_progress = self.last_flush
 
     def salvage(self) -> None:
         """After a failure: record every chunk that did get stored, so a re-run reuses it."""
@@ -354,6 +402,7 @@ class _Backup:
             self.stats.chunks += len(cached.chunks)
             self.ready_files.append(FileEntry(type="file", size=cached.size,
                                               chunks=cached.chunks, **base))
+            self.progress.advance(files=1, bytes=cached.size)
             return
         if 0 < st.st_size <= self.chunker.single_chunk_limit:
             self.small_file(str(path), st.st_size, cached is None, base)
@@ -370,6 +419,7 @@ class _Backup:
         futures: list[Future[StoredChunk]] = []
         offset = 0
         self.queue_small()  # keep files in order
+        self.progress.current_file(rel)
         try:
             with handle:
                 for piece in self.pieces(handle, st.st_size):
@@ -377,6 +427,7 @@ class _Backup:
                     futures.append(future)
                     refs.append(ChunkRef(b"", offset, len(piece)))
                     offset += len(piece)
+                    self.progress.advance(bytes=len(piece))
                     self.drain()
         except OSError as exc:
             self.loose.extend(futures)
@@ -390,6 +441,7 @@ class _Backup:
         self.stats.bytes_total += offset
         self.stats.bytes_read += offset
         self.stats.chunks += len(refs)
+        self.progress.advance(files=1)
         entry = FileEntry(type="file", size=offset, chunks=refs, **base)
         self.in_flight.append(_Pending(entry, futures))
 
@@ -402,6 +454,7 @@ class _Backup:
         self.stats.bytes_read += size
         self.stats.chunks += 1
         entry = FileEntry(type="file", size=size, chunks=[ChunkRef(b"", 0, size)], **base)
+        self.progress.current_file(entry.path)
         self.small.append((entry, path, new))
         self.small_bytes += size
         if len(self.small) >= SMALL_GROUP_FILES or self.small_bytes >= SMALL_GROUP_BYTES:
@@ -449,9 +502,46 @@ def leftovers(repo: Repository) -> dict[str, set[str]]:
     return found
 
 
+def scan_sizes(roots: list[Path], excluded: set[Path]) -> Iterator[int]:
+    """The size of each regular file a backup of ``roots`` will meet: the progress totals,
+    counted on a thread beside the backup (``TotalsScanner``). Unsorted and silent: errors
+    are the backup's to report."""
+    skip = {str(p) for p in excluded}
+    for root in roots:
+        try:
+            st = os.lstat(root)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            yield st.st_size
+        if not stat.S_ISDIR(st.st_mode):
+            continue
+        stack: list[str | Path] = [root]
+        while stack:
+            try:
+                with os.scandir(stack.pop()) as it:
+                    entries = list(it)
+            except OSError:
+                continue
+            for dirent in entries:
+                try:
+                    if dirent.path in skip:
+                        continue
+                    if dirent.is_dir(follow_symlinks=False):
+                        stack.append(dirent.path)
+                    elif dirent.is_file(follow_symlinks=False):
+                        yield dirent.stat(follow_symlinks=False).st_size
+                except OSError:
+                    continue
+
+
 def run_backup(repo: Repository, sources: list[str | os.PathLike[str]], *,
-               force: bool = False) -> BackupResult:
-    """Back up ``sources``; raise on storage failure (after marking the backup failed)."""
+               force: bool = False, progress: Progress = NO_PROGRESS) -> BackupResult:
+    """Back up ``sources``; raise on storage failure (after marking the backup failed).
+
+    ``progress`` gets files and bytes as they are done (read, or found unchanged); its
+    totals come from ``scan_sizes`` running beside the backup when it wants them.
+    """
     roots = [Path(os.path.abspath(s)) for s in sources]
     for root in roots:
         if not os.path.lexists(root):
@@ -470,6 +560,9 @@ def run_backup(repo: Repository, sources: list[str | os.PathLike[str]], *,
         hostname=socket.gethostname(),
         params={"chunker": chunker.name, **chunker.params,
                 "compression": repo.compressor.name if repo.compressor else ""}))
+    run.progress = progress
+    progress.begin("backup")
+    scanner = TotalsScanner(progress, partial(scan_sizes, roots, excluded)).start()
     status = "failed"
     try:
         for root in roots:
@@ -486,14 +579,20 @@ def run_backup(repo: Repository, sources: list[str | os.PathLike[str]], *,
             run.flush()  # keep what is safely stored, so a re-run does not upload it again
         raise
     finally:
+        scanner.stop()
+        progress.end()
         run.uploader.close()
         run.stats.chunks_resumed = run.uploader.reused
         run.stats.seconds = round(time.time() - started, 3)
+        run.stats.add_figures(TELEMETRY.snapshot() - run.telemetry_at_start)
         s = run.stats
         manifest.log(backup_id, [LogEntry(
             time.time(), "error" if status == "failed" else "info", "finished", None,
             f"status {status}: {s.files_new} new, {s.files_changed} changed, "
             f"{s.files_unchanged} unchanged files; {s.bytes_read} bytes read, "
-            f"{s.bytes_uploaded} bytes uploaded")])
+            f"{s.bytes_uploaded} bytes uploaded; {s.chunks_new} chunks written, "
+            f"{s.chunks_deduplicated} deduplicated; dedup ratio {_ratio(s.dedup_ratio)}, "
+            f"compression ratio {_ratio(s.compression_ratio)}; backend errors "
+            f"{_by_provider(s.backend_errors)}, retries {_by_provider(s.backend_retries)}")])
         manifest.finish_backup(backup_id, time.time(), status, asdict(run.stats))
     return BackupResult(backup_id, status, run.stats, run.problems)

@@ -30,6 +30,7 @@ from enigma.interfaces import StorageProvider
 from enigma.lock import repository_lock
 from enigma.manifest import ChunkRecord
 from enigma.pipeline import ordered_map
+from enigma.progress import NO_PROGRESS, Progress
 from enigma.repository import Repository
 
 #: Checks in flight at once: probes wait on the network far more than on the CPU.
@@ -234,42 +235,65 @@ def _weight(item: _Item) -> int:
     return max(item.record.stored_size, PROBE_WEIGHT) if item.read else PROBE_WEIGHT
 
 
-def run_check(repo: Repository, subset: Subset | None = None) -> CheckResult:
-    """Check the whole repository; ``subset`` (None: metadata only) chooses what to read."""
+def run_check(repo: Repository, subset: Subset | None = None, *,
+              progress: Progress = NO_PROGRESS) -> CheckResult:
+    """Check the whole repository; ``subset`` (None: metadata only) chooses what to read.
+
+    ``progress`` counts chunks checked (files) and the bytes downloaded and authenticated.
+    """
     manifest = repo.manifest
     result = CheckResult(subset=str(subset) if subset else "")
     with repository_lock(repo.config.config_dir, exclusive=False):
-        listed = _list_all(repo, result)
-        choose = selector(subset, manifest.chunk_totals()[0])
-        inspect = _Inspector(repo, set(listed), reading=subset is not None)
-
-        def items() -> Iterator[_Item]:
-            for index, record in enumerate(manifest.iter_chunks()):
-                present = set()
-                for label in record.providers:
-                    ids = listed.get(label)
-                    if ids is not None and record.id in ids:
-                        present.add(label)
-                        ids.discard(record.id)  # what is left at the end: orphan candidates
-                yield _Item(record, frozenset(present), choose(index, record.id))
-
-        for item, future in ordered_map(inspect, items(), size=_weight, workers=WORKERS):
-            problems, sizes, read = future.result()
-            result.chunks += 1
-            result.sizes_checked += sizes
-            result.read += item.read
-            result.bytes_read += read
-            result.problems.extend(problems)
-        for label, leftover in listed.items():
-            known = manifest.known_chunks(leftover)  # recorded during the walk, or a stray copy
-            orphans = sorted(chunk_key(i) for i in leftover if i not in known)
-            if orphans:
-                result.orphans[label] = orphans
+        progress.begin("check")
+        try:
+            _walk(repo, subset, result, progress)
+        finally:
+            progress.end()
     bad = result.bad_chunks
     if bad:
         result.files = manifest.chunk_files(bad)
         result.gateway_objects = manifest.chunk_objects(bad)
     return result
+
+
+def _walk(repo: Repository, subset: Subset | None, result: CheckResult,
+          progress: Progress) -> None:
+    """List every provider, check every chunk record, then sort out the orphans."""
+    manifest = repo.manifest
+    progress.current_file("listing the providers' chunk objects")
+    listed = _list_all(repo, result)
+    progress.current_file(None)
+    count, plain, _stored = manifest.chunk_totals()
+    choose = selector(subset, count)
+    reads_all = subset is not None and subset.percent is not None and subset.percent >= 100
+    progress.set_totals(files=count, bytes=plain if reads_all else None)
+    inspect = _Inspector(repo, set(listed), reading=subset is not None)
+
+    def items() -> Iterator[_Item]:
+        for index, record in enumerate(manifest.iter_chunks()):
+            present = set()
+            for label in record.providers:
+                ids = listed.get(label)
+                if ids is not None and record.id in ids:
+                    present.add(label)
+                    ids.discard(record.id)  # what is left at the end: orphan candidates
+            yield _Item(record, frozenset(present), choose(index, record.id))
+
+    for item, future in ordered_map(inspect, items(), size=_weight, workers=WORKERS):
+        problems, sizes, read = future.result()
+        result.chunks += 1
+        result.sizes_checked += sizes
+        result.read += item.read
+        result.bytes_read += read
+        result.problems.extend(problems)
+        for problem in problems:
+            progress.error(problem.chunk_id.hex(), f"{problem.kind}: {problem.detail}")
+        progress.advance(files=1, bytes=read)
+    for label, leftover in listed.items():
+        known = manifest.known_chunks(leftover)  # recorded during the walk, or a stray copy
+        orphans = sorted(chunk_key(i) for i in leftover if i not in known)
+        if orphans:
+            result.orphans[label] = orphans
 
 
 #: Users of one bad chunk shown in the text report (``--json`` lists them all).

@@ -34,6 +34,7 @@ from enigma.manifest import ChunkRecord
 from enigma.plugins.distribution import Redundancy, redundancy_of
 from enigma.recipient import WriteOnlyError
 from enigma.repository import Repository
+from enigma.telemetry import TELEMETRY
 
 T = TypeVar("T")
 
@@ -72,7 +73,8 @@ def chunk_id_from_key(key: str) -> bytes | None:
 def stored_chunks(label: str, provider: StorageProvider) -> dict[bytes, str]:
     """Chunk id -> object name of every chunk object ``provider`` lists (with retries):
     what gc, check, recover and a resumed backup compare with the manifest."""
-    keys = with_retries(f"listing provider '{label}'", lambda: list(provider.list("chunks/")))
+    keys = with_retries(f"listing provider '{label}'", lambda: list(provider.list("chunks/")),
+                        provider=label)
     return {chunk_id: key for key in keys if (chunk_id := chunk_id_from_key(key)) is not None}
 
 
@@ -84,10 +86,15 @@ def retry_seconds() -> float:
         return DEFAULT_RETRY_SECONDS
 
 
-def with_retries(what: str, action: Callable[..., T], *args: Any) -> T:
+def with_retries(what: str, action: Callable[..., T], *args: Any,
+                 provider: str | None = None) -> T:
     """Run a storage call, retrying transient failures with exponential backoff and full
     jitter until the retry budget is spent; permanent failures stop at once. Either way the
-    error names ``what`` (e.g. the provider) in one line."""
+    error names ``what`` (e.g. the provider) in one line.
+
+    Errors and retries are counted by provider (``enigma.telemetry``): ``provider`` names
+    it, else the label of the provider whose bound method ``action`` is.
+    """
     budget = retry_seconds()
     started = time.monotonic()
     attempt = 0
@@ -97,15 +104,29 @@ def with_retries(what: str, action: Callable[..., T], *args: Any) -> T:
         except ObjectNotFound:
             raise
         except TransientStorageError as exc:
+            label = provider or _label_of(action)
             attempt += 1
             delay = random.uniform(0, min(MAX_BACKOFF, 0.1 * 2 ** attempt))
             elapsed = time.monotonic() - started
             if elapsed + delay > budget:
+                TELEMETRY.backend_error(label, "exhausted")
                 raise StorageError(f"{what}: {exc} (gave up after {attempt} tries in "
                                    f"{elapsed:.1f} s)") from exc
+            TELEMETRY.backend_error(label, "transient")
+            TELEMETRY.backend_retry(label)
+            import logging  # here, to keep this edit to the retry loop alone
+
+            logging.getLogger("enigma.chunkstore").info(
+                "%s failed (attempt %d, provider '%s'): %s; retrying in %.2f s", what,
+                attempt, label, exc, delay)
             time.sleep(delay)
         except StorageError as exc:
+            TELEMETRY.backend_error(provider or _label_of(action), "permanent")
             raise StorageError(f"{what}: {exc}") from exc
+
+
+def _label_of(action: Callable[..., Any]) -> str:
+    return str(getattr(getattr(action, "__self__", None), "label", None) or "unknown")
 
 
 @dataclass

@@ -7,6 +7,7 @@ traceback appears only with ``--debug``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -24,6 +25,8 @@ from enigma.memory import limit_malloc_arenas
 from enigma.plugin_manager import PluginManager
 from enigma.repository import Repository, ensure_private_dir
 
+log = logging.getLogger("enigma.cli")
+
 EXIT_PARTIAL = 3  # restic's code for "backup finished, but some sources could not be read"
 SECRET_KEYS = {"secret_key", "access_key", "password", "passphrase", "token", "cluster_secret",
                "secret"}
@@ -37,6 +40,8 @@ class State:
         self.config_dir: Path = config_dir_from(None)
         self.passphrase: str | None = None
         self.debug = False
+        #: -1 with -q (no progress or summaries on stderr), 0 by default, 1 -v, 2 -vv.
+        self.verbosity = 0
         #: --limit-upload / --limit-download in KiB/s (None: the config's, or no limit).
         self.limit_upload: int | None = None
         self.limit_download: int | None = None
@@ -47,6 +52,11 @@ class State:
         if self._plugins is None:
             self._plugins = PluginManager()
         return self._plugins
+
+    @property
+    def quiet(self) -> bool:
+        """-q: no progress display, status lines or informational stderr lines."""
+        return self.verbosity < 0
 
     def ask_passphrase(self, confirm: bool) -> str | None:
         if self.passphrase:
@@ -63,6 +73,10 @@ class State:
             self._repo = Repository(config, self.plugins, self.ask_passphrase)
             self._repo.limit_overrides = {"upload": self.limit_upload,
                                           "download": self.limit_download}
+            log.info("repository %s (config %s): providers %s; distribution %s; key "
+                     "provider %s", config.config_dir, config.path or "built-in defaults",
+                     ", ".join(f"{p.name} ({p.type})" for p in config.providers)
+                     or "default local storage", config.distribution, config.key_provider)
         return self._repo
 
     def server_tables(self) -> frozenset[str]:
@@ -89,7 +103,22 @@ def human(n: float) -> str:
 
 
 def echo_json(value: Any) -> None:
+    """``--json`` output: one document on stdout, shaped as docs/json.md promises."""
     click.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def note(message: str) -> None:
+    """An informational line on stderr (stdout stays the result); -q silences it."""
+    ctx = click.get_current_context(silent=True)
+    state = ctx.find_object(State) if ctx is not None else None
+    if state is None or state.verbosity >= 0:
+        click.echo(message, err=True)
+
+
+def warn(message: str) -> None:
+    """``warning: ...`` on stderr: something the user should know that did not fail the
+    command (-q silences it too: the exit code still tells success from failure)."""
+    note(f"warning: {message}")
 
 
 def masked(value: Any, key: str = "") -> Any:
@@ -108,7 +137,12 @@ def masked(value: Any, key: str = "") -> Any:
               help="Directory holding enigma.toml, keystore and manifest [~/.enigma].")
 @click.option("--passphrase", metavar="P", envvar="ENIGMA_PASSPHRASE", show_envvar=True,
               help="Keystore passphrase; asked for on a terminal when not given.")
-@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors (and log at debug).")
+@click.option("-v", "--verbose", count=True,
+              help="Log more: -v info, -vv debug (ENIGMA_LOG=info,botocore=debug for "
+                   "per-logger levels; docs in README.md).")
+@click.option("-q", "--quiet", is_flag=True,
+              help="Errors only: no warnings, progress or summaries on stderr.")
 @click.option("--limit-upload", metavar="KiB/s", type=click.IntRange(min=1),
               envvar="ENIGMA_LIMIT_UPLOAD", show_envvar=True,
               help="Limit traffic to the storage providers to this rate "
@@ -120,20 +154,33 @@ def masked(value: Any, key: str = "") -> Any:
 @click.version_option(__version__, prog_name="enigma")
 @click.pass_context
 def cli(ctx: click.Context, config_dir: str | None, passphrase: str | None,
-        debug: bool, limit_upload: int | None, limit_download: int | None) -> None:
+        debug: bool, verbose: int, quiet: bool, limit_upload: int | None,
+        limit_download: int | None) -> None:
     """Enigma: encrypted, deduplicated backups spread over several clouds.
 
     \b
-    Quick start (local storage under ~/.enigma):
+    Examples (a quick start; local storage under ~/.enigma):
       enigma init
       enigma backup ~/Documents
       enigma list
       enigma restore <ID> /tmp/restored
+      enigma -v backup ~/Documents          # log what it does (-vv: debug)
+      ENIGMA_LOG=info,botocore=debug enigma list   # per-logger levels
     """
+    from enigma import logs
+
+    if quiet and verbose:
+        raise logs.LogSettingError("give -q or -v, not both")
     state = ctx.ensure_object(State)
     state.config_dir = config_dir_from(config_dir)
     state.passphrase = passphrase
     state.debug = debug
+    state.verbosity = -1 if quiet else min(verbose, 2)
+    logs.configure(state.verbosity, debug, os.environ.get("ENIGMA_LOG"))
+    command, started = ctx.invoked_subcommand, time.monotonic()
+    log.info("enigma %s %s: started", __version__, command)
+    ctx.call_on_close(lambda: log.info("%s: ended after %.2f s", command,
+                                       time.monotonic() - started))
     state.limit_upload = limit_upload
     state.limit_download = limit_download
 
@@ -142,8 +189,9 @@ def cli(ctx: click.Context, config_dir: str | None, passphrase: str | None,
 @click.option("--recipient", "recipient_file", metavar="FILE", type=click.Path(dir_okay=False),
               help="Make a write-only client: seal data keys to this recipient key (from "
                    "'enigma key export-recipient'); it can back up but not decrypt.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_state
-def init(state: State, recipient_file: str | None) -> None:
+def init(state: State, recipient_file: str | None, as_json: bool) -> None:
     """Create the config, keystore, manifest and storage (safe to run again).
 
     \b
@@ -154,11 +202,14 @@ def init(state: State, recipient_file: str | None) -> None:
     public_key = read_recipient_file(recipient_file) if recipient_file else None
     ensure_private_dir(state.config_dir)
     config_path = state.config_dir / CONFIG_FILE
+    report: dict[str, Any] = {"config_dir": str(state.config_dir),
+                              "config_file": str(config_path), "config_created": False}
     if not config_path.exists():
         fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(DEFAULT_CONFIG_TEXT)
-        click.echo(f"created config {config_path}", err=True)
+        report["config_created"] = True
+        note(f"created config {config_path}")
     repo = state.repo()
     provider = repo.key_provider
     if provider.exists():
@@ -167,32 +218,44 @@ def init(state: State, recipient_file: str | None) -> None:
                               "client's keys (to change the recipient: enigma key "
                               "set-recipient FILE)")
         keys = repo.keys
-        click.echo(f"keys exist and unlock (key versions: {sorted(keys.data_keys)})",
-                   err=True)
+        report["keys"] = "existing"
+        note(f"keys exist and unlock (key versions: {sorted(keys.data_keys)})")
     elif public_key is not None:
         refuse_existing_repository(repo)
         repo.create_write_only_keys(public_key)
-        click.echo(f"created write-only client keys with key provider '{provider.name}' "
-                   f"(recipient {recipient_fingerprint(public_key)})", err=True)
+        report["keys"] = "created"
+        note(f"created write-only client keys with key provider '{provider.name}' "
+             f"(recipient {recipient_fingerprint(public_key)})")
     else:
         refuse_existing_repository(repo)
         repo.create_keys()
-        click.echo(f"created keys with key provider '{provider.name}'", err=True)
+        report["keys"] = "created"
+        note(f"created keys with key provider '{provider.name}'")
     repo.chunker, repo.compressor, repo.distribution  # noqa: B018 - config errors now
     repo.manifest  # noqa: B018 - creates and migrates the manifest
-    click.echo(f"manifest {repo.config.db_path}", err=True)
+    note(f"manifest {repo.config.db_path}")
+    report["providers"] = []
     for label, storage in repo.providers.items():
         try:
             created = storage.create_bucket()
             storage.check()
         except StorageError as exc:
             raise StorageError(f"provider '{label}': {exc}") from exc
-        click.echo(f"provider '{label}' ({storage.name}): "
-                   f"{'created' if created else 'ready'}", err=True)
+        report["providers"].append({"name": label, "type": storage.name,
+                                    "state": "created" if created else "ready"})
+        note(f"provider '{label}' ({storage.name}): {'created' if created else 'ready'}")
     mirror_keystore(repo, strict=True)
     if repo.keys.write_only:
         repo.publish_writer_key()
-    click.echo(f"initialised repository in {state.config_dir}")
+    keys = repo.keys
+    report.update(manifest=str(repo.config.db_path), key_provider=provider.name,
+                  write_only=keys.write_only, key_versions=sorted(keys.data_keys),
+                  recipient=(recipient_fingerprint(keys.recipient) if keys.write_only
+                             else None))
+    if as_json:
+        echo_json(report)
+    else:
+        click.echo(f"initialised repository in {state.config_dir}")
 
 
 @cli.command()
@@ -212,15 +275,18 @@ def backup(ctx: click.Context, paths: tuple[str, ...], force: bool, as_json: boo
     """
     from enigma.backup import run_backup
     from enigma.lock import repository_lock
+    from enigma.progress_display import open_progress, print_summary
 
     state: State = ctx.obj
     repo = state.repo()
-    with repository_lock(repo.config.config_dir, exclusive=False):
-        result = run_backup(repo, list(paths), force=force)
+    quiet = state.quiet
+    with repository_lock(repo.config.config_dir, exclusive=False), \
+            open_progress("backup", json_lines=as_json, quiet=quiet) as progress:
+        result = run_backup(repo, list(paths), force=force, progress=progress)
     s = result.stats
     if as_json:
-        echo_json({"backup_id": result.backup_id, "status": result.status,
-                   "stats": asdict(s), "problems": result.problems})
+        print_summary({"backup_id": result.backup_id, "status": result.status,
+                       "stats": asdict(s), "problems": result.problems})
     else:
         for problem in result.problems[:20]:
             click.echo(f"warning: {problem}", err=True)
@@ -253,7 +319,7 @@ def list_backups(state: State, as_json: bool) -> None:
         echo_json([asdict(b) for b in backups])
         return
     if not backups:
-        click.echo("no backups yet (run: enigma backup PATH)", err=True)
+        note("no backups yet (run: enigma backup PATH)")
         return
     click.echo(f"{'ID':<16}  {'DATE':<19}  {'STATUS':<8}  {'FILES':>7}  {'SIZE':>10}  SOURCES")
     for b in backups:
@@ -386,11 +452,13 @@ def verify(ctx: click.Context, backup_id: str, as_json: bool) -> None:
     \b
     Example: enigma verify 3f2a
     """
+    from enigma.progress_display import open_progress
     from enigma.verify import run_verify
 
     state: State = ctx.obj
     state.repo().require_readable()
-    result = run_verify(state.repo(), backup_id)
+    with open_progress("verify", quiet=state.quiet) as progress:
+        result = run_verify(state.repo(), backup_id, progress=progress)
     if as_json:
         echo_json({"backup_id": result.backup_id, "chunks": result.chunks,
                    "bytes": result.bytes, "ok": result.ok,
@@ -444,10 +512,15 @@ def restore(state: State, backup_id: str, dest: str | None, prefix: str | None,
         return
     if dest is None:
         raise click.UsageError("DEST is required (or use --list)")
+    from enigma.progress_display import open_progress, print_summary
+
     repo.require_readable()
-    result = run_restore(repo, backup_id, dest, prefix=prefix, glob=glob, overwrite=overwrite)
+    with open_progress("restore", json_lines=as_json,
+                       quiet=state.quiet) as progress:
+        result = run_restore(repo, backup_id, dest, prefix=prefix, glob=glob,
+                             overwrite=overwrite, progress=progress)
     if as_json:
-        echo_json({**asdict(result), "ok": result.ok})
+        print_summary({**asdict(result), "ok": result.ok})
     else:
         for line in result.refused:
             click.echo(f"refused: {line}", err=True)
@@ -497,7 +570,10 @@ def check(state: State, read_data: bool, subset: str | None, as_json: bool) -> N
     chosen = EVERYTHING if read_data else Subset.parse(subset) if subset else None
     if chosen:
         state.repo().require_readable()
-    result = run_check(state.repo(), chosen)
+    from enigma.progress_display import open_progress
+
+    with open_progress("check", quiet=state.quiet) as progress:
+        result = run_check(state.repo(), chosen, progress=progress)
     if as_json:
         echo_json(to_json(result))
     else:
@@ -587,7 +663,10 @@ def forget(state: State, backup_ids: tuple[str, ...], keep_last: str | None,
             click.echo(f"{'would forget' if dry_run else 'forgot'} {len(forgotten)} backups")
     report["forgotten"] = forgotten
     if prune and not dry_run and forgotten:
-        result = run_gc(repo)
+        from enigma.progress_display import open_progress
+
+        with open_progress("gc", quiet=state.quiet) as progress:
+            result = run_gc(repo, progress=progress)
         report["gc"] = asdict(result)
         if not as_json:
             click.echo(gc_summary(result))
@@ -608,8 +687,10 @@ def gc(state: State, dry_run: bool, as_json: bool) -> None:
     Example: enigma gc --dry-run
     """
     from enigma.gc import run_gc
+    from enigma.progress_display import open_progress
 
-    result = run_gc(state.repo(), dry_run=dry_run)
+    with open_progress("gc", quiet=state.quiet) as progress:
+        result = run_gc(state.repo(), dry_run=dry_run, progress=progress)
     if not dry_run:
         mirror_snapshot(state.repo())
     if as_json:
@@ -641,12 +722,14 @@ def repair(state: State, dry_run: bool, as_json: bool) -> None:
     Example: enigma repair --dry-run
     """
     from enigma.lock import repository_lock
+    from enigma.progress_display import open_progress
     from enigma.repair import run_repair
 
     repo = state.repo()
     repo.require_readable()
-    with repository_lock(repo.config.config_dir, exclusive=False):
-        result = run_repair(repo, dry_run=dry_run)
+    with repository_lock(repo.config.config_dir, exclusive=False), \
+            open_progress("repair", quiet=state.quiet) as progress:
+        result = run_repair(repo, dry_run=dry_run, progress=progress)
     if result.moved and not dry_run:  # chunk locations changed in the manifest
         mirror_snapshot(repo)
     if as_json:
@@ -665,15 +748,18 @@ def repair(state: State, dry_run: bool, as_json: bool) -> None:
 
 @cli.command("encrypt-cred")
 @click.argument("value", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the token as JSON.")
 @pass_state
-def encrypt_cred(state: State, value: str | None) -> None:
+def encrypt_cred(state: State, value: str | None, as_json: bool) -> None:
     """Encrypt a credential for enigma.toml; prints an enc: token.
 
     Without VALUE it is read from stdin (or asked for, hidden), keeping it out of shell
     history.
 
     \b
-    Example: enigma encrypt-cred  # then paste the secret
+    Examples:
+      enigma encrypt-cred            # then paste the secret
+      printf %s "$SECRET" | enigma encrypt-cred --json
     """
     from enigma import crypto
 
@@ -683,37 +769,63 @@ def encrypt_cred(state: State, value: str | None) -> None:
     if not value:
         raise ConfigError("nothing to encrypt: give VALUE or pipe it on stdin")
     repo = state.repo()
-    click.echo(crypto.encrypt_credential(repo.keys.credential_key, value))
+    token = crypto.encrypt_credential(repo.keys.credential_key, value)
+    if as_json:
+        echo_json({"token": token})
+    else:
+        click.echo(token)
 
 
 @cli.group()
 def key() -> None:
-    """Manage the repository's data keys."""
+    """Manage the repository's data keys and recipient keys.
+
+    \b
+    Examples:
+      enigma key list
+      enigma key rotate
+      enigma key export-recipient reader.pub
+    """
 
 
 @key.command("rotate")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_state
-def key_rotate(state: State) -> None:
+def key_rotate(state: State, as_json: bool) -> None:
     """Add a new data key version; new chunks use it, old chunks stay readable.
 
     \b
     Example: enigma key rotate
     """
     keys = state.repo().rotate_keys()
-    click.echo(f"rotated: current key version {keys.current_key_id} "
-               f"(versions: {sorted(keys.data_keys)})")
     mirror_keystore(state.repo(), strict=False)
+    if as_json:
+        echo_json({"current_key_version": keys.current_key_id,
+                   "key_versions": sorted(keys.data_keys)})
+    else:
+        click.echo(f"rotated: current key version {keys.current_key_id} "
+                   f"(versions: {sorted(keys.data_keys)})")
 
 
 @key.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the keys as JSON.")
 @pass_state
-def key_list(state: State) -> None:
-    """List data key versions.
+def key_list(state: State, as_json: bool) -> None:
+    """List data key versions (and recipient keys, by fingerprint).
 
     \b
-    Example: enigma key list
+    Example: enigma key list --json
     """
     keys = state.repo().keys
+    if as_json:
+        echo_json({
+            "write_only": keys.write_only,
+            "recipient": recipient_fingerprint(keys.recipient) if keys.write_only else None,
+            "current_key_version": keys.current_key_id if keys.data_keys else None,
+            "key_versions": sorted(keys.data_keys),
+            "current_recipient": keys.current_recipient or None,
+            "recipients": sorted(keys.recipient_seeds)})
+        return
     if keys.write_only:
         click.echo(f"write-only client: no data keys; recipient "
                    f"{recipient_fingerprint(keys.recipient)}")
@@ -727,8 +839,10 @@ def key_list(state: State) -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--new", "new", is_flag=True,
               help="Make a new recipient key pair first (the old ones stay, for old backups).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the result (with the public key) as JSON.")
 @pass_state
-def key_export_recipient(state: State, file: str, new: bool) -> None:
+def key_export_recipient(state: State, file: str, new: bool, as_json: bool) -> None:
     """Write this keystore's public recipient key to FILE ('-': stdout) for write-only clients.
 
     The first export makes the key pair; its private half stays in this keystore.
@@ -747,25 +861,33 @@ def key_export_recipient(state: State, file: str, new: bool) -> None:
                           "reader's keystore")
     if file != "-" and os.path.lexists(file):
         raise ConfigError(f"{file} exists; refusing to replace it")
-    if new or not keys.current_recipient:
+    new_pair = new or not keys.current_recipient
+    if new_pair:
         keys = repo.new_recipient()
         mirror_keystore(repo, strict=False)
     public = RecipientSecret(keys.recipient_seeds[keys.current_recipient]).public_key()
     text = format_recipient(public)
     if file == "-":
-        click.echo(text, nl=False)
+        if not as_json:
+            click.echo(text, nl=False)
     else:
         fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(text)
-    click.echo(f"recipient {keys.current_recipient}"
-               + ("" if file == "-" else f" written to {file}"), err=True)
+    if as_json:
+        echo_json({"recipient": keys.current_recipient, "new": new_pair,
+                   "file": None if file == "-" else os.path.abspath(file),
+                   "public_key": text})
+        return
+    note(f"recipient {keys.current_recipient}"
+         + ("" if file == "-" else f" written to {file}"))
 
 
 @key.command("set-recipient")
 @click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_state
-def key_set_recipient(state: State, file: str) -> None:
+def key_set_recipient(state: State, file: str, as_json: bool) -> None:
     """Write-only client: seal the data keys of future backups to another recipient key.
 
     \b
@@ -776,7 +898,11 @@ def key_set_recipient(state: State, file: str) -> None:
     repo.set_recipient(public_key)
     mirror_keystore(repo, strict=False)
     repo.publish_writer_key()
-    click.echo(f"recipient {recipient_fingerprint(public_key)}: new backups are sealed to it")
+    if as_json:
+        echo_json({"recipient": recipient_fingerprint(public_key)})
+    else:
+        click.echo(f"recipient {recipient_fingerprint(public_key)}: new backups are sealed "
+                   "to it")
 
 
 def read_recipient_file(path: str) -> bytes:
@@ -813,25 +939,27 @@ def recover(state: State, force: bool, as_json: bool) -> None:
     \b
     Example: enigma --config-dir ~/.enigma recover
     """
+    from enigma.progress_display import open_progress
     from enigma.recover import run_recover
 
     repo = state.repo()
     if repo.key_provider.needs_passphrase:
         state.passphrase = state.ask_passphrase(confirm=False)  # asked once, used twice
-    result = run_recover(repo, state.passphrase, force=force)
+    with open_progress("recover", quiet=state.quiet) as progress:
+        result = run_recover(repo, state.passphrase, force=force, progress=progress)
     if as_json:
         echo_json(asdict(result))
         return
-    click.echo(f"keys: {result.keystore} (key versions {result.key_versions})", err=True)
+    note(f"keys: {result.keystore} (key versions {result.key_versions})")
     for label, error in result.unreachable.items():
-        click.echo(f"warning: provider '{label}' could not be read: {error}", err=True)
+        warn(f"provider '{label}' could not be read: {error}")
     for skip in result.skipped:
         click.echo(f"skipped snapshot {skip.what} on provider '{skip.provider}': "
                    f"{skip.reason}", err=True)
     if result.snapshot:
         for label in result.unknown_providers:
-            click.echo(f"warning: the manifest has chunks on provider '{label}', which "
-                       "enigma.toml does not configure", err=True)
+            warn(f"the manifest has chunks on provider '{label}', which enigma.toml does "
+                 "not configure")
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(result.snapshot_created))
         click.echo(f"recovered the manifest from snapshot {result.snapshot} (provider "
                    f"'{result.snapshot_provider}', made {when}): {result.backups} backups, "
@@ -868,8 +996,7 @@ def mirror_keystore(repo: Repository, *, strict: bool) -> None:
     for error in (result.failed.values() if result else ()):
         if strict:
             raise StorageError(f"cannot store keys/keystore: {error}")
-        click.echo(f"warning: keystore copy not stored: {error} (enigma init retries)",
-                   err=True)
+        warn(f"keystore copy not stored: {error} (enigma init retries)")
 
 
 def mirror_snapshot(repo: Repository) -> None:
@@ -880,13 +1007,13 @@ def mirror_snapshot(repo: Repository) -> None:
     try:
         result = store_snapshot(repo)
     except (EnigmaError, OSError) as exc:
-        click.echo(f"warning: manifest snapshot not stored: {exc}", err=True)
+        warn(f"manifest snapshot not stored: {exc}")
         return
     for error in result.failed.values():
-        click.echo(f"warning: manifest snapshot not stored: {error}", err=True)
+        warn(f"manifest snapshot not stored: {error}")
     if result.stored:
-        click.echo(f"manifest snapshot {result.name} stored on {len(result.stored)} of "
-                   f"{len(result.stored) + len(result.failed)} providers", err=True)
+        note(f"manifest snapshot {result.name} stored on {len(result.stored)} of "
+             f"{len(result.stored) + len(result.failed)} providers")
 
 
 @cli.command("plugins")
@@ -937,6 +1064,25 @@ def serve(state: State) -> None:
     cls, options = chosen[0]
     repo.serving = True
     cls().serve(repo, options)
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script for SHELL (bash 4.4+, zsh, fish).
+
+    \b
+    Examples:
+      eval "$(enigma completion bash)"        # in ~/.bashrc
+      enigma completion zsh > "${fpath[1]}/_enigma"
+      enigma completion fish > ~/.config/fish/completions/enigma.fish
+    """
+    from click.shell_completion import get_completion_class
+
+    complete = get_completion_class(shell)
+    if complete is None:  # click.Choice lets only shells click knows through
+        raise ConfigError(f"no completion for {shell}")
+    click.echo(complete(cli, {}, "enigma", "_ENIGMA_COMPLETE").source())
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

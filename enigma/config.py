@@ -23,7 +23,10 @@ DEFAULT_STORAGE_DIR = "storage"
 
 #: Keys of ``[enigma]`` the core reads itself; any other key goes to the key provider.
 CORE_KEYS = {"db_path", "key_provider", "distribution", "chunk_strategy", "compression",
-             "replication", "erasure"}
+             "replication", "erasure", "limit_upload", "limit_download"}
+#: Bandwidth limits in ``[enigma]`` (KiB/s), by direction; ``--limit-upload`` and
+#: ``--limit-download`` override them (``enigma.throttle``).
+LIMIT_KEYS = {"upload": "limit_upload", "download": "limit_download"}
 #: Options of the redundancy policies' tables (``[enigma.replication]``, ``[enigma.erasure]``),
 #: checked at load so a mistake points at its line; the policy checks them against the
 #: number of providers when it is built (only a write needs that: a restore with a lost
@@ -109,6 +112,11 @@ class Config:
     @property
     def distribution(self) -> str:
         return str(self.enigma.get("distribution", "RoundRobin"))
+
+    def limit(self, direction: str) -> int | None:
+        """``[enigma] limit_upload`` / ``limit_download`` in KiB/s, None when not set."""
+        value = self.enigma.get(LIMIT_KEYS[direction])
+        return value if isinstance(value, int) else None
 
     def subtable(self, name: str) -> dict[str, Any]:
         """``[enigma.<name>]`` (e.g. a distribution policy's options), empty when absent."""
@@ -207,6 +215,12 @@ def parse_config(text: str, config_dir: Path, path: Path | None, *,
     for key in ("db_path", "key_provider", "distribution", "keyfile_path"):
         if key in enigma and not isinstance(enigma[key], str):
             raise ConfigError(f"{config.where('enigma', key)}: must be a string")
+    for key in LIMIT_KEYS.values():
+        value = enigma.get(key)
+        if key in enigma and (not isinstance(value, int) or isinstance(value, bool)
+                              or value < 1):
+            raise ConfigError(f"{config.where('enigma', key)}: must be a positive integer "
+                              f"(KiB/s), got {value!r}")
     config.providers = _providers(config)
     _redundancy_tables(config)
     config.chunker  # noqa: B018 - validate now, not at first backup

@@ -23,6 +23,7 @@ from enigma.chunkstore import chunk_key, stored_chunks, with_retries
 from enigma.errors import ConfigError
 from enigma.lock import repository_lock
 from enigma.manifest import BackupRecord
+from enigma.progress import NO_PROGRESS, Progress
 from enigma.repository import Repository
 from enigma.retention import GroupPlan, Policy, plan
 
@@ -72,38 +73,61 @@ def require_gc_allowed(repo: Repository) -> None:
                           "uploads in flight on other nodes (forget works; gc later)")
 
 
-def run_gc(repo: Repository, *, dry_run: bool = False) -> GcResult:
-    """Remove interrupted backups, unreferenced chunks and orphan objects."""
-    manifest = repo.manifest
+def run_gc(repo: Repository, *, dry_run: bool = False,
+           progress: Progress = NO_PROGRESS) -> GcResult:
+    """Remove interrupted backups, unreferenced chunks and orphan objects.
+
+    ``progress`` counts objects deleted (files) and the stored bytes of the unreferenced
+    chunks among them (an orphan's size is not known without asking for it).
+    """
     require_gc_allowed(repo)
     result = GcResult(dry_run)
     with repository_lock(repo.config.config_dir, exclusive=True):
-        # With the exclusive lock held no backup runs, so "running" ones were interrupted.
-        result.stale_backups = [b.id for b in manifest.list_backups() if b.status == "running"]
-        if not dry_run:
-            for backup_id in result.stale_backups:
-                manifest.delete_backup(backup_id)
-        garbage = manifest.unreferenced_chunks()
-        result.chunks = len(garbage)
-        result.bytes = sum(c.stored_size * len(c.providers) for c in garbage)
-        if not dry_run and garbage:
-            manifest.delete_chunks([c.id for c in garbage])
-            for record in garbage:
-                for label in record.providers:
-                    provider = repo.providers.get(label)
-                    if provider is not None:
-                        with_retries(f"deleting from provider '{label}'", provider.delete,
-                                     chunk_key(record.id))
-        for label, provider in repo.providers.items():
-            candidates = stored_chunks(label, provider)
-            known = manifest.known_chunks(candidates)
-            for chunk_id, key in candidates.items():
-                if chunk_id in known:
-                    continue
-                result.orphans += 1
-                if not dry_run:
-                    with_retries(f"deleting from provider '{label}'", provider.delete, key)
+        progress.begin("gc")
+        try:
+            _collect(repo, result, dry_run, progress)
+        finally:
+            progress.end()
     return result
+
+
+def _collect(repo: Repository, result: GcResult, dry_run: bool, progress: Progress) -> None:
+    manifest = repo.manifest
+    # With the exclusive lock held no backup runs, so "running" ones were interrupted.
+    result.stale_backups = [b.id for b in manifest.list_backups() if b.status == "running"]
+    if not dry_run:
+        for backup_id in result.stale_backups:
+            manifest.delete_backup(backup_id)
+    garbage = manifest.unreferenced_chunks()
+    result.chunks = len(garbage)
+    result.bytes = sum(c.stored_size * len(c.providers) for c in garbage)
+    objects = sum(len(c.providers) for c in garbage)
+    if not dry_run:  # a dry run deletes nothing: no totals to show progress against
+        progress.set_totals(files=objects, bytes=result.bytes)
+    if not dry_run and garbage:
+        manifest.delete_chunks([c.id for c in garbage])
+        for record in garbage:
+            for label in record.providers:
+                provider = repo.providers.get(label)
+                if provider is not None:
+                    with_retries(f"deleting from provider '{label}'", provider.delete,
+                                 chunk_key(record.id))
+                progress.advance(files=1, bytes=record.stored_size)
+    for label, provider in repo.providers.items():
+        progress.current_file(f"listing provider '{label}'")
+        candidates = stored_chunks(label, provider)
+        known = manifest.known_chunks(candidates)
+        orphans = [key for chunk_id, key in candidates.items() if chunk_id not in known]
+        result.orphans += len(orphans)
+        if dry_run:
+            continue
+        objects += len(orphans)
+        progress.set_totals(files=objects)
+        for key in orphans:
+            progress.current_file(key)
+            with_retries(f"deleting from provider '{label}'", provider.delete, key)
+            progress.advance(files=1)
+    progress.current_file(None)
 
 
 def _when(timestamp: float) -> str:

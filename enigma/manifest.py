@@ -382,6 +382,7 @@ class Manifest:
         "add_files",
         "log",
         "finish_backup",
+        "backup_progress",
         "delete_backup",
         "delete_chunks",
         "set_chunk_providers",
@@ -840,6 +841,13 @@ class Manifest:
             if cur.rowcount == 0:
                 raise NotFoundError(f"no backup {backup_id!r} (see: enigma list)")
 
+    def backup_progress(self, backup_id: str, stats: dict) -> None:
+        """Partial stats of a running backup, so others (the dashboard) can watch it; a
+        finished backup's final stats are never overwritten."""
+        with self._write() as conn:
+            conn.execute("UPDATE backups SET stats = ? WHERE id = ? AND status = 'running'",
+                         (_dumps(stats), backup_id))
+
     def delete_backup(self, backup_id: str) -> None:
         """Forget a backup and release its chunk references; its log stays as audit trail."""
         with self._write() as conn:
@@ -1204,3 +1212,35 @@ class Manifest:
         with self._read() as conn:
             rows = conn.execute(sql, params).fetchall()
         return [_object_from_row(r) for r in rows]
+
+    def list_dir(
+        self, backup_id: str, path: str, limit: int = 1000
+    ) -> list[tuple[str, FileEntry | None]]:
+        """The direct children of ``path`` in a backup ("" is the top), sorted by name,
+        without chunks: (name, entry), the entry None for a directory only implied by
+        deeper paths (the parents of a backup's sources). At most ``limit`` children.
+
+        A loose index scan: one indexed seek per child that skips the child's subtree, so
+        a folder costs about its own size, not its subtree's (the dashboard's browser).
+        """
+        base = path.strip("/") + "/" if path.strip("/") else ""
+        upper = " AND f.path < ?" if base else ""
+        sql = f"SELECT {_FILE_COLUMNS} FROM files f WHERE f.backup_id = ? AND f.path {{op}} ?"
+        sql += upper + " ORDER BY f.path LIMIT 1"
+        children: dict[str, FileEntry | None] = {}
+        bound, op = base, ">="
+        with self._reader() as conn:
+            while len(children) < limit:
+                params = [backup_id, bound] + ([base[:-1] + "0"] if base else [])
+                row = conn.execute(sql.format(op=op), params).fetchone()
+                if row is None:
+                    break
+                name, sep, _rest = row[1][len(base):].partition("/")
+                if not sep:  # the child's own row: its subtree (if any) follows it
+                    if name:
+                        children[name] = _file_from_row(row)
+                    bound, op = row[1], ">"
+                else:  # deeper: the child is a directory; skip the rest of its subtree
+                    children.setdefault(name, None)
+                    bound, op = base + name + "0", ">="
+        return sorted(children.items())

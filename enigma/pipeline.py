@@ -21,6 +21,7 @@ from enigma import erasure
 from enigma.chunkstore import ChunkStore, StoredChunk, chunk_key, with_retries
 from enigma.errors import StorageError
 from enigma.manifest import ChunkRecord
+from enigma.telemetry import TELEMETRY
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -102,6 +103,7 @@ class _Completion:
             self.remaining -= 1
             last = self.remaining == 0
         if last and not self.result.done():
+            TELEMETRY.chunk_written(self.record.size, self.record.stored_size)
             self.result.set_result(StoredChunk(self.record.id, self.record.size, self.record))
 
     def failed(self, exc: BaseException) -> None:
@@ -209,6 +211,7 @@ class ChunkUploader:
                 chunk_id = self.store.identify(data)
                 fresh, earlier = self._claim(chunk_id, result)
                 if not fresh:
+                    TELEMETRY.chunk_deduplicated(len(data))
                     self._duplicate(chunk_id, len(data), earlier, result)
                     continue
                 record, sealed = self.store.seal(chunk_id, data)

@@ -32,6 +32,7 @@ from enigma.errors import (
 from enigma.fsutil import fsync_dir
 from enigma.interfaces import StorageProvider
 from enigma.manifest import APPLICATION_ID, SCHEMA_VERSION, ChunkRecord, Manifest
+from enigma.progress import NO_PROGRESS, Progress
 from enigma.recovery import (
     KEYSTORE_OBJECT,
     SNAPSHOT_PREFIX,
@@ -78,9 +79,13 @@ class RecoverResult:
     damaged: list[Skip] = field(default_factory=list)
 
 
-def run_recover(repo: Repository, passphrase: str | None, *, force: bool = False
-                ) -> RecoverResult:
-    """Recover keys and manifest for ``repo`` (whose config dir may hold only enigma.toml)."""
+def run_recover(repo: Repository, passphrase: str | None, *, force: bool = False,
+                progress: Progress = NO_PROGRESS) -> RecoverResult:
+    """Recover keys and manifest for ``repo`` (whose config dir may hold only enigma.toml).
+
+    ``progress`` shows the phase as its current item and, when the chunk index is rebuilt,
+    counts chunks checked (files) and their plaintext bytes.
+    """
     if repo.config.raw.get("raft") is not None:
         raise ConfigError("enigma recover rebuilds one machine's manifest and does not run "
                           "with [raft] in enigma.toml: recover without it first")
@@ -88,7 +93,18 @@ def run_recover(repo: Repository, passphrase: str | None, *, force: bool = False
     result = RecoverResult()
     result.keystore = recover_keys(repo, passphrase, result)
     result.key_versions = sorted(repo.keys.data_keys)
+    progress.begin("recover")
+    try:
+        return _recover_manifest(repo, result, progress)
+    finally:
+        progress.end()
+
+
+def _recover_manifest(repo: Repository, result: RecoverResult,
+                      progress: Progress) -> RecoverResult:
+    """The newest good snapshot, else a chunk index rebuilt from the chunks themselves."""
     providers = repo.providers
+    progress.current_file("looking for manifest snapshots")
     key = snapshot_key(repo.keys)
     with scratch_dir(repo) as tmp:
         found = find_snapshot(providers, key, tmp, result)
@@ -102,7 +118,7 @@ def run_recover(repo: Repository, passphrase: str | None, *, force: bool = False
     if len(result.unreachable) == len(providers):
         raise StorageError("no provider could be read: " + "; ".join(
             f"'{label}': {error}" for label, error in result.unreachable.items()))
-    rebuild_chunk_index(repo, providers, result)
+    rebuild_chunk_index(repo, providers, result, progress=progress)
     return result
 
 
@@ -308,7 +324,7 @@ def install(copy: Path, target: Path) -> None:
 
 
 def rebuild_chunk_index(repo: Repository, providers: dict[str, StorageProvider],
-                        result: RecoverResult) -> None:
+                        result: RecoverResult, *, progress: Progress = NO_PROGRESS) -> None:
     """List ``chunks/`` everywhere, authenticate every chunk and record the good ones, so
     new backups deduplicate against them. Chunks that do not authenticate go to
     ``result.damaged``.
@@ -318,6 +334,7 @@ def rebuild_chunk_index(repo: Repository, providers: dict[str, StorageProvider],
     counts as good when some copy, or some set of shards, authenticates.
     """
     holders: dict[bytes, list[str]] = {}
+    progress.current_file("listing the providers' chunk objects")
     for label, provider in providers.items():
         if label in result.unreachable:
             continue
@@ -329,6 +346,8 @@ def rebuild_chunk_index(repo: Repository, providers: dict[str, StorageProvider],
         for chunk_id in listed:
             holders.setdefault(chunk_id, []).append(label)
     store = ChunkStore(repo)
+    progress.current_file(None)
+    progress.set_totals(files=len(holders))
 
     def check(item: tuple[bytes, list[str]]) -> ChunkRecord | Skip:
         chunk_id, labels = item
@@ -350,7 +369,10 @@ def rebuild_chunk_index(repo: Repository, providers: dict[str, StorageProvider],
         for outcome in pool.map(check, holders.items()):
             if isinstance(outcome, Skip):
                 result.damaged.append(outcome)
+                progress.error(outcome.what, outcome.reason)
+                progress.advance(files=1)
                 continue
+            progress.advance(files=1, bytes=outcome.size)
             result.chunks += 1
             batch.append(outcome)
             if len(batch) >= _ADD_BATCH:

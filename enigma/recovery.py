@@ -102,7 +102,8 @@ def list_snapshots(provider: StorageProvider) -> list[str]:
     ``snapshot_second``)."""
     names = [key[len(SNAPSHOT_PREFIX):] for key in
              with_retries(f"listing provider '{provider.label}'",
-                          lambda: list(provider.list(SNAPSHOT_PREFIX)))]
+                          lambda: list(provider.list(SNAPSHOT_PREFIX)),
+                          provider=provider.label)]
     return sorted((n for n in names if is_snapshot_name(n)), reverse=True)
 
 
@@ -268,7 +269,7 @@ def store_snapshot(repo: Repository, *, previous_digest: str = "") -> StoreResul
                 with open(sealed, "rb") as stream:
                     provider.put_stream(SNAPSHOT_PREFIX + name, stream)
 
-            with_retries(f"provider '{label}'", upload)
+            with_retries(f"provider '{label}'", upload, provider=label)
             with_retries(f"provider '{label}'", provider.sync)
             return _rotate(label, provider, name)
 
@@ -333,7 +334,7 @@ def plain_providers(repo: Repository) -> dict[str, StorageProvider]:
         provider = construct(cls, dict(entry.options),
                              lambda key, i=index: repo.config.where("providers", key, i))
         provider.label = entry.name
-        built[entry.name] = provider
+        built[entry.name] = repo.limited(provider)
     return built
 
 

@@ -21,6 +21,7 @@ from enigma.errors import ConfigError, EnigmaError, IntegrityError, StorageError
 from enigma.manifest import ChunkRecord
 from enigma.pipeline import ordered_map
 from enigma.plugins.distribution import redundancy_of
+from enigma.progress import NO_PROGRESS, Progress
 from enigma.repository import Repository
 
 #: Chunks whose new providers go to the manifest in one operation.
@@ -62,13 +63,30 @@ class RepairResult:
         return not self.failed
 
 
-def run_repair(repo: Repository, *, dry_run: bool = False) -> RepairResult:
-    """Check every chunk on every provider it lists and rebuild what is missing or bad."""
+def run_repair(repo: Repository, *, dry_run: bool = False,
+               progress: Progress = NO_PROGRESS) -> RepairResult:
+    """Check every chunk on every provider it lists and rebuild what is missing or bad.
+
+    ``progress`` counts chunks checked (files) and their stored size (bytes).
+    """
     store = ChunkStore(repo)
+    progress.begin("repair")
+    try:
+        return _repair(repo, store, dry_run, progress)
+    finally:
+        progress.end()
+
+
+def _repair(repo: Repository, store: ChunkStore, dry_run: bool,
+            progress: Progress) -> RepairResult:
+    progress.current_file("checking the providers")
     healthy = _healthy_providers(repo)
     for label in repo.providers:
         if label not in healthy:
             store.mark_failing(label)
+    count, _plain, stored = repo.manifest.chunk_totals()
+    progress.current_file(None)
+    progress.set_totals(files=count, bytes=stored)
     result = RepairResult(dry_run)
     updates: list[tuple[bytes, list[str]]] = []
     written: set[str] = set()
@@ -82,10 +100,12 @@ def run_repair(repo: Repository, *, dry_run: bool = False) -> RepairResult:
     for record, future in ordered_map(work, repo.manifest.iter_chunks(),
                                       size=lambda r: r.stored_size * 2):
         result.chunks += 1
+        progress.advance(files=1, bytes=record.stored_size)
         try:
             plan = future.result()
         except EnigmaError as exc:
             result.failed[record.id.hex()] = str(exc)
+            progress.error(record.id.hex(), str(exc))
             continue
         if not plan.problems and not plan.error:
             result.healthy += 1
@@ -98,6 +118,7 @@ def run_repair(repo: Repository, *, dry_run: bool = False) -> RepairResult:
             updates.append((record.id, plan.providers))
         if plan.error:
             result.failed[record.id.hex()] = plan.error
+            progress.error(record.id.hex(), plan.error)
         else:
             result.repaired += 1
     if not dry_run:

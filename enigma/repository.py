@@ -36,6 +36,7 @@ from enigma.interfaces import (
 )
 from enigma.manifest import Manifest
 from enigma.plugin_manager import PluginManager, construct
+from enigma.throttle import RateLimiter, ThrottledProvider
 
 PassphraseSource = Callable[[bool], str | None]
 """Called with ``confirm=True`` at init; returns the passphrase or None."""
@@ -243,8 +244,27 @@ class Repository:
                 cls, options,
                 lambda key, i=index: self.config.where("providers", key, i))
             provider.label = entry.name
-            built[entry.name] = provider
+            built[entry.name] = self.limited(provider)
         return built
+
+    @cached_property
+    def limiters(self) -> dict[str, RateLimiter]:
+        """A limiter for each direction with a limit ("upload", "download"): the command
+        line's, else the config's (KiB/s). One per process, shared by every provider, so
+        the limit is the total whatever the number of providers and threads."""
+        limiters: dict[str, RateLimiter] = {}
+        for direction in ("upload", "download"):
+            kib = self.limit_overrides.get(direction) or self.config.limit(direction)
+            if kib:
+                limiters[direction] = RateLimiter(kib * 1024)
+        return limiters
+
+    def limited(self, provider: StorageProvider) -> StorageProvider:
+        """``provider`` charging the bandwidth limits; itself (no overhead) without any."""
+        if not self.limiters:
+            return provider
+        return ThrottledProvider(provider, upload=self.limiters.get("upload"),
+                                 download=self.limiters.get("download"))
 
     def reveal(self, value: Any) -> Any:
         """Decrypt ``enc:`` credentials with the keystore's credential key."""

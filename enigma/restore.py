@@ -45,8 +45,9 @@ from dataclasses import dataclass, field
 
 from enigma.chunkstore import ChunkStore
 from enigma.errors import EnigmaError, IntegrityError, NotFoundError
-from enigma.manifest import ChunkRef, FileEntry
+from enigma.manifest import BackupRecord, ChunkRef, FileEntry
 from enigma.pipeline import DEFAULT_BUDGET, cpu_count, ordered_map
+from enigma.progress import NO_PROGRESS, Progress, TotalsScanner
 from enigma.repository import Repository
 
 #: Directories are held as O_PATH descriptors where the platform has them: usable as the
@@ -267,6 +268,7 @@ class _Restorer:
         self._token = os.urandom(4).hex()
         self._serial = itertools.count()
         self.stopping = False
+        self.progress: Progress = NO_PROGRESS
         self.workers = fetch_workers(repo)
         # Half the workers at most write small files, so large files' chunks keep flowing.
         # With a local disk that is one batch at a time: the work is CPU-bound, and two
@@ -384,18 +386,21 @@ class _Restorer:
             os.close(fd)
             _unlink(big.tmp, big.parent.fd)
             self.result.damaged.append(f"{big.entry.path}: {big.damaged}")
+            self.progress.error(big.entry.path, big.damaged)
             return
         try:
             self.finish_temp(big.parent.fd, big.tmp, fd, big.entry, big.name)
         except UnsafePath as exc:
             _unlink(big.tmp, big.parent.fd)
             self.result.refused.append(str(exc))
+            self.progress.error(big.entry.path, str(exc))
             return
         except BaseException:
             _unlink(big.tmp, big.parent.fd)
             raise
         self.result.files += 1
         self.result.bytes += big.entry.size
+        self.progress.advance(files=1)
 
     def abandon(self, big: _BigFile) -> None:
         if big.fd >= 0:
@@ -490,9 +495,27 @@ def list_entries(repo: Repository, backup_id: str, prefix: str | None,
 _Task = tuple[str, "_Batch | _BigFile", "ChunkRef | None"]
 
 
+def _start_progress(repo: Repository, backup: BackupRecord, prefix: str | None,
+                   glob: str | None, progress: Progress) -> TotalsScanner:
+    """Begin restore's progress. A whole finished backup's totals are in its stats; a
+    selection (or a backup without stats) is counted on a thread beside the restore."""
+    stats = backup.stats
+    whole = (not prefix and not glob and backup.status in ("complete", "partial")
+             and isinstance(stats.get("files"), int)
+             and isinstance(stats.get("bytes_total"), int))
+    progress.begin("restore", files_total=stats["files"] if whole else None,
+                   bytes_total=stats["bytes_total"] if whole else None)
+
+    def sizes() -> Iterator[int]:
+        return (e.size for e in list_entries(repo, backup.id, prefix, glob) if e.type == "file")
+
+    scanner = TotalsScanner(progress, sizes)
+    return scanner if whole else scanner.start()
+
+
 def run_restore(repo: Repository, backup_id: str, dest: str | os.PathLike[str], *,
                 prefix: str | None = None, glob: str | None = None,
-                overwrite: bool = False) -> RestoreResult:
+                overwrite: bool = False, progress: Progress = NO_PROGRESS) -> RestoreResult:
     """Restore a backup (or the part selected by ``prefix``/``glob``) into ``dest``.
 
     Directories are made as entries arrive (in path order). Small files are fetched,
@@ -507,15 +530,20 @@ def run_restore(repo: Repository, backup_id: str, dest: str | os.PathLike[str], 
                           "into it anyway")
     os.makedirs(target, exist_ok=True)
     restorer = _Restorer(repo, target, overwrite)
+    restorer.progress = progress
+    scanner = _start_progress(repo, backup, prefix, glob, progress)
     try:
         return _restore(restorer, backup.id, prefix, glob)
     finally:
+        scanner.stop()
+        progress.end()
         restorer.dirs.close()
 
 
 def _restore(restorer: _Restorer, backup_id: str, prefix: str | None,
              glob: str | None) -> RestoreResult:
     result, dirs, pending = restorer.result, restorer.dirs, restorer.pending_files
+    progress = restorer.progress
     symlinks: list[FileEntry] = []
     matched = 0
 
@@ -536,6 +564,7 @@ def _restore(restorer: _Restorer, backup_id: str, prefix: str | None,
                 parent, name = restorer.parent_of(entry)
             except UnsafePath as exc:
                 result.refused.append(str(exc))
+                progress.error(entry.path, str(exc))
                 continue
             if len(entry.chunks) <= 1 or entry.size <= SMALL_FILE:
                 if batch is not None and (batch.parent is not parent
@@ -581,7 +610,7 @@ def _restore(restorer: _Restorer, backup_id: str, prefix: str | None,
         for (kind, item, _ref), future in pipeline:
             if kind == "batch":
                 batch: _Batch = future.result()  # type: ignore[assignment]
-                _count(result, batch)
+                _count(result, batch, progress)
                 for entry in batch.entries:
                     pending.discard(entry.path)
                 dirs.release(batch.parent)
@@ -591,14 +620,18 @@ def _restore(restorer: _Restorer, backup_id: str, prefix: str | None,
             big: _BigFile = item  # type: ignore[assignment]
             if kind == "begin":
                 current = big
+                progress.current_file(big.entry.path)
                 restorer.begin_big(big)
             elif kind == "chunk":
                 if big.damaged:
                     continue
                 try:
-                    _write_all(big.fd, future.result())  # type: ignore[arg-type]
+                    data: bytes = future.result()  # type: ignore[assignment]
+                    _write_all(big.fd, data)
                 except IntegrityError as exc:
                     big.damaged = str(exc)
+                else:
+                    progress.advance(bytes=len(data))
             else:
                 current = None
                 pending.discard(big.entry.path)
@@ -622,19 +655,28 @@ def _restore(restorer: _Restorer, backup_id: str, prefix: str | None,
             restorer.symlink(entry)
         except UnsafePath as exc:
             result.refused.append(str(exc))
+            progress.error(entry.path, str(exc))
     restorer.finish_dirs()
     return result
 
 
-def _count(result: RestoreResult, batch: _Batch) -> None:
+def _count(result: RestoreResult, batch: _Batch, progress: Progress) -> None:
+    files = size = 0
     for entry, outcome in zip(batch.entries, batch.outcomes, strict=False):
         if outcome is None:
-            result.files += 1
-            result.bytes += entry.size
-        elif outcome[0] == "damaged":
+            files += 1
+            size += entry.size
+            continue
+        if outcome[0] == "damaged":
             result.damaged.append(outcome[1])
         else:
             result.refused.append(outcome[1])
+        progress.error(entry.path, outcome[1].removeprefix(f"{entry.path}: "))
+    result.files += files
+    result.bytes += size
+    if batch.entries:
+        progress.current_file(batch.entries[-1].path)
+    progress.advance(files=files, bytes=size)
 
 
 def _stop(pipeline: Iterator[object], current: _BigFile | None, restorer: _Restorer) -> None:

@@ -8,6 +8,7 @@ from enigma.chunkstore import ChunkStore
 from enigma.errors import IntegrityError
 from enigma.manifest import ChunkRecord
 from enigma.pipeline import ordered_map
+from enigma.progress import NO_PROGRESS, Progress, TotalsScanner
 from enigma.repository import Repository
 
 
@@ -24,15 +25,35 @@ class VerifyResult:
         return not self.bad
 
 
-def run_verify(repo: Repository, backup_id: str) -> VerifyResult:
-    """Check each distinct chunk once, in parallel; name each bad one and the files using it."""
+def run_verify(repo: Repository, backup_id: str, *,
+               progress: Progress = NO_PROGRESS) -> VerifyResult:
+    """Check each distinct chunk once, in parallel; name each bad one and the files using it.
+
+    ``progress`` counts chunks (files) and their plaintext bytes; the chunk total is
+    counted beside the check.
+    """
     manifest = repo.manifest
     backup = manifest.get_backup(backup_id)
     store = ChunkStore(repo)
     result = VerifyResult(backup.id)
+    progress.begin("verify")
+    with TotalsScanner(progress, lambda: (0 for _ in manifest.backup_chunk_ids(backup.id)),
+                       count_bytes=False):
+        try:
+            _verify(repo, store, backup.id, result, progress)
+        finally:
+            progress.end()
+    if result.bad:
+        result.files = manifest.files_using_chunks(backup.id, list(result.bad))
+    return result
+
+
+def _verify(repo: Repository, store: ChunkStore, backup_id: str, result: VerifyResult,
+            progress: Progress) -> None:
+    manifest = repo.manifest
 
     def records():
-        for chunk_id in manifest.backup_chunk_ids(backup.id):
+        for chunk_id in manifest.backup_chunk_ids(backup_id):
             record = manifest.get_chunk(chunk_id)
             yield chunk_id, record
 
@@ -46,9 +67,11 @@ def run_verify(repo: Repository, backup_id: str) -> VerifyResult:
             check, records(), size=lambda item: item[1].size if item[1] else 0):
         result.chunks += 1
         try:
-            result.bytes += future.result()
+            size = future.result()
         except IntegrityError as exc:
             result.bad[chunk_id] = str(exc)
-    if result.bad:
-        result.files = manifest.files_using_chunks(backup.id, list(result.bad))
-    return result
+            progress.error(chunk_id.hex(), str(exc))
+            progress.advance(files=1)
+        else:
+            result.bytes += size
+            progress.advance(files=1, bytes=size)

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 from enigma_gateway_s3.metrics import RepositoryCollector, operation
-from gateway_support import error_of, start_gateway, write_gateway_config
-from helpers import Enigma, assert_clean_error
-from servers import free_port
+from gateway_support import Gateway, error_of, port_open, start_gateway, write_gateway_config
+from helpers import ENIGMA, PASSPHRASE, Enigma, assert_clean_error
+from servers import ServerProcess, free_port, wait_until
 
 from enigma.manifest import BucketRecord, Manifest, ObjectRecord
 
@@ -82,6 +82,81 @@ def test_metrics_count_a_known_sequence(tmp_path: Path) -> None:
     assert samples["enigma_repository_chunk_bytes", ()] == sum(SIZES)  # random: no dedup
     assert samples["enigma_repository_stored_bytes", ()] > sum(SIZES)  # sealing overhead
     assert samples["process_resident_memory_bytes", ()] > 0
+
+
+def start_faulty_gateway(root: Path, metrics_port: int) -> tuple[Gateway, Path]:
+    """A gateway over one ``Faulty`` provider (half of chunk PUTs fail transiently, each
+    fault journalled) with compression on; returns it and the fault journal."""
+    runner = Enigma(root / "config")
+    journal = root / "faults.log"
+    runner.config_dir.mkdir(parents=True)
+    (runner.config_dir / "enigma.toml").write_text(
+        '[enigma]\n[enigma.compression]\nenabled = true\n\n[[providers]]\nname = "flaky"\n'
+        f'type = "Faulty"\npath = "{root / "store"}"\nseed = 3\nput_error = 0.5\n'
+        f'journal = "{journal}"\n')
+    runner.ok("init")
+    port = free_port()
+    write_gateway_config(runner, port, f'metrics_addr = "127.0.0.1:{metrics_port}"\n')
+    process = ServerProcess([ENIGMA, "--config-dir", str(runner.config_dir), "serve"],
+                            root / "serve.log",
+                            env={"ENIGMA_PASSPHRASE": PASSPHRASE, "ENIGMA_RETRY_SECONDS": "30"})
+    proc = process.start()
+    try:
+        wait_until(lambda: port_open(port), timeout=30, what="enigma serve", process=proc,
+                   log=root / "serve.log")
+    except BaseException:
+        process.stop()
+        raise
+    return Gateway(f"http://127.0.0.1:{port}", port, runner.config_dir, runner, process), journal
+
+
+def test_pipeline_counters_move_by_the_right_amounts(tmp_path: Path) -> None:
+    """Chunks written and deduplicated, their bytes, the compression ratio and backend
+    errors/retries by provider, after real S3 traffic through a real gateway."""
+    port = free_port()
+    gateway, journal = start_faulty_gateway(tmp_path, port)
+    try:
+        s3: Any = gateway.client()
+        s3.create_bucket(Bucket="counted")
+        # One chunk each (< min chunk size). The fault dice depend on the chunk ids, which
+        # depend on this repository's random id key: 24 chunk PUTs at 50 % make "no fault
+        # at all" a one-in-16-million event.
+        randoms = [os.urandom(size) for size in (*SIZES, *range(1000, 1020))]
+        text = b"".join(b"line %06d of a very compressible log file\n" % i
+                        for i in range(5000))
+        for number, body in enumerate([*randoms, text]):
+            s3.put_object(Bucket="counted", Key=f"k{number}", Body=body)
+        before_copy = scrape(port)
+        s3.put_object(Bucket="counted", Key="copy", Body=randoms[2])  # all deduplicated
+        s3.put_object(Bucket="counted", Key="copy2", Body=text)
+        samples = scrape(port)
+    finally:
+        gateway.process.stop()
+
+    def value(name: str, **labels: str) -> float:
+        return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    written_plain = sum(len(r) for r in randoms) + len(text)
+    assert value("enigma_chunks_written_total") == len(randoms) + 1
+    assert value("enigma_chunk_written_plain_bytes_total") == written_plain
+    assert before_copy[("enigma_chunks_deduplicated_total", ())] == 0
+    assert value("enigma_chunks_deduplicated_total") == 2
+    assert value("enigma_chunk_deduplicated_bytes_total") == SIZES[2] + len(text)
+    # Only the gateway wrote chunks, so what it counted is what the manifest holds.
+    stored = value("enigma_chunk_written_stored_bytes_total")
+    assert stored == value("enigma_repository_stored_bytes")
+    assert value("enigma_compression_ratio") == pytest.approx(written_plain / stored)
+    assert value("enigma_compression_ratio") > 1.5  # the text compressed well
+    assert value("enigma_repository_compression_ratio") == pytest.approx(
+        value("enigma_repository_chunk_bytes") / stored)
+    # Every injected fault was one transient error and one retry on provider "flaky".
+    assert journal.exists(), "no put fault was injected"
+    faults = [line for line in journal.read_text().splitlines()
+              if line.startswith("transient put chunks/")]
+    assert value("enigma_backend_errors_total", provider="flaky", kind="transient") == \
+        len(faults)
+    assert value("enigma_backend_retries_total", provider="flaky") == len(faults)
+    assert value("enigma_backend_errors_total", provider="flaky", kind="permanent") == 0
 
 
 def test_repository_totals_are_cached(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """The ``[s3_proxy]`` table: address, key pairs, region, domain, TLS, upload expiry,
-metrics address, manifest snapshot interval."""
+metrics address, manifest snapshot interval, dashboard address and session lifetime."""
 
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ DEFAULT_LISTEN = "0.0.0.0:8333"
 DEFAULT_REGION = "us-east-1"
 #: Keys whose value must be a string.
 STRINGS = ("listen_addr", "access_key", "secret_key", "default_region", "domain", "tls_cert",
-           "tls_key", "metrics_addr")
-KNOWN = (*STRINGS, "multipart_expiry", "snapshot_interval", "keys")
+           "tls_key", "metrics_addr", "dashboard_addr")
+KNOWN = (*STRINGS, "multipart_expiry", "snapshot_interval", "dashboard_session", "keys")
 DEFAULT_EXPIRY = 7 * 24 * 3600
 DEFAULT_SNAPSHOT_INTERVAL = 3600
+DEFAULT_DASHBOARD_SESSION = 12 * 3600
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -40,6 +41,10 @@ class GatewayOptions:
     #: Seconds between encrypted manifest snapshots stored in the backends (written only
     #: when the manifest changed; 0: none).
     snapshot_interval: float = DEFAULT_SNAPSHOT_INTERVAL
+    #: (host, port) of the read-only web dashboard; None: no dashboard (the default).
+    dashboard: tuple[str, int] | None = None
+    #: Seconds a dashboard login stays valid.
+    dashboard_session: float = DEFAULT_DASHBOARD_SESSION
 
     @property
     def scheme(self) -> str:
@@ -62,6 +67,9 @@ def parse_options(options: dict[str, Any], where: Callable[[str | None], str],
     metrics_addr = options.get("metrics_addr", "")  # empty or absent: no metrics endpoint
     metrics = (_address(metrics_addr, lambda: where("metrics_addr"), "127.0.0.1:9333")
                if metrics_addr else None)
+    dashboard_addr = options.get("dashboard_addr", "")  # empty or absent: no dashboard
+    dashboard = (_address(dashboard_addr, lambda: where("dashboard_addr"), "127.0.0.1:8334")
+                 if dashboard_addr else None)
     access = options.get("access_key", "")
     secret = options.get("secret_key", "")
     if not access or not secret:
@@ -104,8 +112,12 @@ def parse_options(options: dict[str, Any], where: Callable[[str | None], str],
                        lambda: where("multipart_expiry"))
     snapshots = _duration(options.get("snapshot_interval", DEFAULT_SNAPSHOT_INTERVAL),
                           lambda: where("snapshot_interval"), "0 stores none")
+    session = _duration(options.get("dashboard_session", DEFAULT_DASHBOARD_SESSION),
+                        lambda: where("dashboard_session"), "0 is not allowed")
+    if session <= 0:
+        raise ConfigError(f"{where('dashboard_session')}: must be more than 0 (e.g. \"12h\")")
     return GatewayOptions(host, port, credentials, region, domains, cert, key, expiry,
-                          metrics, snapshots)
+                          metrics, snapshots, dashboard, session)
 
 
 def _address(value: str, where: Callable[[], str], example: str) -> tuple[str, int]:

@@ -19,10 +19,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from enigma.errors import ConfigError
+from enigma.telemetry import TELEMETRY, TelemetrySnapshot
 from enigma_gateway_s3.multipart import UPLOADS
 
 log = logging.getLogger("enigma_gateway_s3")
@@ -249,7 +250,7 @@ class RepositoryCollector(Collector):
             conn.close()
         return int(row[0]), int(row[1])
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         try:
             stats = self.stats()
         except (sqlite3.Error, OSError, ValueError) as exc:
@@ -268,6 +269,11 @@ class RepositoryCollector(Collector):
              "bytes of one copy of each chunk"),
         ):
             yield GaugeMetricFamily(name, text, value=stats[key])
+        if stats["stored_bytes"]:
+            yield GaugeMetricFamily("enigma_repository_compression_ratio", "Plaintext over "
+                                    "stored bytes of all unique chunks",
+                                    value=stats["chunk_bytes"] / stats["stored_bytes"])
+        yield from pipeline_metrics(TELEMETRY.snapshot())
         yield from self._cluster()
 
     def _cluster(self) -> Iterator[GaugeMetricFamily]:
@@ -295,6 +301,40 @@ class RepositoryCollector(Collector):
         for peer, match in sorted(status["peers_match_index"].items()):
             lag.add_metric([peer], max((status["commit_index"] or 0) - match, 0))
         yield lag
+
+
+def pipeline_metrics(now: TelemetrySnapshot) -> Iterator[Metric]:
+    """This process's chunk and backend counters (enigma.telemetry), read at scrape time:
+    the pipeline counts into them whichever front door (S3 or a CLI in-process) used it."""
+    for name, value, text in (
+        ("enigma_chunks_written", now.chunks_written, "New chunks stored (deduplication "
+         "found no copy)"),
+        ("enigma_chunks_deduplicated", now.chunks_deduplicated, "Chunks not stored again "
+         "because the repository already had them"),
+        ("enigma_chunk_written_plain_bytes", now.bytes_written_plain, "Plaintext bytes of "
+         "the new chunks"),
+        ("enigma_chunk_written_stored_bytes", now.bytes_written_stored, "Stored (compressed, "
+         "sealed) bytes of the new chunks, one copy"),
+        ("enigma_chunk_deduplicated_bytes", now.bytes_deduplicated, "Plaintext bytes not "
+         "stored again thanks to deduplication"),
+    ):
+        yield CounterMetricFamily(name, text, value=value)
+    ratio = now.compression_ratio
+    if ratio is not None:
+        yield GaugeMetricFamily("enigma_compression_ratio", "Plaintext over stored bytes of "
+                                "the chunks this process wrote", value=ratio)
+    errors = CounterMetricFamily("enigma_backend_errors", "Failed storage calls, by "
+                                 "provider and kind (transient: retried; exhausted: retry "
+                                 "budget spent; permanent: not retried)",
+                                 labels=["provider", "kind"])
+    for (provider, kind), n in sorted(now.backend_errors.items()):
+        errors.add_metric([provider, kind], n)
+    yield errors
+    retries = CounterMetricFamily("enigma_backend_retries", "Storage calls repeated after a "
+                                  "transient error, by provider", labels=["provider"])
+    for provider, n in sorted(now.backend_retries.items()):
+        retries.add_metric([provider], n)
+    yield retries
 
 
 class MetricsServer:

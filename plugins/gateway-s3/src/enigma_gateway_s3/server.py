@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import socket
 import sys
@@ -38,10 +40,15 @@ class S3Gateway(Server):
         parsed = parse_options(options, lambda key: config.where(self.config_table, key),
                                repository.reveal, config.resolve)
         with ExitStack() as cleanup:
-            # Both addresses are bound before the keys are unlocked: a taken port fails fast.
+            # Every address is bound before the keys are unlocked: a taken port fails fast.
             sock = _bind(parsed.host, parsed.port,
                          lambda: config.where(self.config_table, "listen_addr"))
             cleanup.callback(sock.close)
+            dashboard_sock = None
+            if parsed.dashboard is not None:
+                dashboard_sock = _bind(*parsed.dashboard,
+                                       lambda: config.where(self.config_table, "dashboard_addr"))
+                cleanup.callback(dashboard_sock.close)
             metrics = None
             if parsed.metrics is not None:
                 from enigma_gateway_s3.metrics import MetricsServer, new_registry
@@ -65,16 +72,26 @@ class S3Gateway(Server):
             snapshots.start()
             cleanup.callback(snapshots.stop)  # runs before store.close: LIFO
             cleanup.callback(store.releaser.run_every(TRIM_INTERVAL))
+            tls = {"ssl_certfile": parsed.tls_cert or None, "ssl_keyfile": parsed.tls_key or None}
             server = _Server(uvicorn.Config(
-                app, lifespan="on", access_log=False, log_level="warning",
-                timeout_graceful_shutdown=30, server_header=False, date_header=True,
-                ssl_certfile=parsed.tls_cert or None, ssl_keyfile=parsed.tls_key or None))
+                app, lifespan="on", access_log=False, log_config=None,
+                timeout_graceful_shutdown=30, server_header=False, date_header=True, **tls))
+            servers = [(server, sock)]
+            if dashboard_sock is not None:
+                from enigma_gateway_s3.dashboard import create_app
+
+                servers.append((_Server(uvicorn.Config(
+                    create_app(store, parsed, repository), lifespan="off", access_log=False,
+                    log_config=None, timeout_graceful_shutdown=5, server_header=False,
+                    date_header=True, **tls), companion=True), dashboard_sock))
             print(f"enigma: S3 gateway listening on {parsed.scheme}://"
                   f"{_url_host(parsed.host)}:{parsed.port} (region {parsed.region})"
                   + (f", metrics on http://{_url_host(parsed.metrics[0])}:"
-                     f"{parsed.metrics[1]}/metrics" if parsed.metrics else ""),
+                     f"{parsed.metrics[1]}/metrics" if parsed.metrics else "")
+                  + (f", dashboard on {parsed.scheme}://{_url_host(parsed.dashboard[0])}:"
+                     f"{parsed.dashboard[1]}/" if parsed.dashboard else ""),
                   file=sys.stderr, flush=True)
-            server.run(sockets=[sock])
+            _run(servers)
 
 
 class PeriodicSnapshots:
@@ -146,16 +163,52 @@ def _server_class() -> Any:
 
     class GracefulServer(uvicorn.Server):
         """Stops on SIGINT/SIGTERM after in-flight requests finish, then returns normally
-        (uvicorn would re-raise the signal, killing the process before cleanup)."""
+        (uvicorn would re-raise the signal, killing the process before cleanup), and
+        stops its companions (the dashboard) with it."""
+
+        companions: tuple[Any, ...] = ()
 
         def handle_exit(self, sig: int, frame: Any) -> None:
             super().handle_exit(sig, frame)
+            for companion in self.companions:
+                companion.should_exit = True
+                companion.force_exit = self.force_exit
             captured = getattr(self, "_captured_signals", None)
             if isinstance(captured, list):
                 captured.clear()
 
-    return GracefulServer
+    class CompanionServer(uvicorn.Server):
+        """A second server in the same event loop: the main server owns the signals."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Any:
+            yield
+
+    return GracefulServer, CompanionServer
 
 
-def _Server(config: Any) -> Any:
-    return _server_class()(config)
+def _Server(config: Any, companion: bool = False) -> Any:
+    main, second = _server_class()
+    return (second if companion else main)(config)
+
+
+def _run(servers: list[tuple[Any, socket.socket]]) -> None:
+    """Serve the first server and its companions in one event loop until a signal stops
+    the first (then the others) or the first ends on its own."""
+    (main, sock), others = servers[0], servers[1:]
+    if not others:
+        main.run(sockets=[sock])
+        return
+    main.companions = tuple(server for server, _sock in others)
+
+    async def everything() -> None:
+        tasks = [asyncio.create_task(server.serve(sockets=[s])) for server, s in others]
+        try:
+            await main.serve(sockets=[sock])
+        finally:
+            for server in main.companions:
+                server.should_exit = True
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    with asyncio.Runner(loop_factory=main.config.get_loop_factory()) as runner:
+        runner.run(everything())

@@ -22,16 +22,29 @@ ASK_TIMEOUT = 10.0
 
 @click.group()
 def raft() -> None:
-    """Inspect and change a Raft cluster of `enigma serve` nodes ([raft] in enigma.toml)."""
+    """Inspect and change a Raft cluster of `enigma serve` nodes ([raft] in enigma.toml).
+
+    \b
+    Examples:
+      enigma raft status
+      enigma raft add-node 10.0.0.4:7000
+      enigma raft remove-node 10.0.0.4:7000
+    """
 
 
 @raft.command()
 @click.option("--node", "address", metavar="HOST:PORT",
               help="Ask this node instead of the one [raft] configures.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @pass_state
 def status(state: Any, address: str | None, as_json: bool) -> None:
-    """Role, term, commit index, and each peer's state and lag (asked of the leader)."""
+    """Role, term, commit index, and each peer's state and lag (asked of the leader).
+
+    \b
+    Examples:
+      enigma raft status
+      enigma raft status --node 10.0.0.2:7000 --json
+    """
     options = _options(state)
     address = address or options.addr
     mine = _ask(options, address, ["status"])
@@ -85,25 +98,41 @@ def _peers(options: RaftOptions, view: dict[str, Any], leader: str | None
 
 @raft.command("add-node")
 @click.argument("address", metavar="HOST:PORT")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_state
-def add_node(state: Any, address: str) -> None:
+def add_node(state: Any, address: str, as_json: bool) -> None:
     """Add a started node (its [[raft.peers]] listing the cluster) as a voting member.
 
     It catches up from the leader's latest snapshot and the log after it.
+
+    \b
+    Example: enigma raft add-node 10.0.0.4:7000
     """
     options = _options(state)
     _change(options, "add", address)
-    click.echo(f"added {address}; it is catching up (see: enigma raft status)")
+    if as_json:
+        echo_json({"action": "added", "address": address, "node": options.name_of(address)})
+    else:
+        click.echo(f"added {address}; it is catching up (see: enigma raft status)")
 
 
 @raft.command("remove-node")
 @click.argument("address", metavar="HOST:PORT")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_state
-def remove_node(state: Any, address: str) -> None:
-    """Remove a member; stop it afterwards (its data_dir can then be deleted)."""
+def remove_node(state: Any, address: str, as_json: bool) -> None:
+    """Remove a member; stop it afterwards (its data_dir can then be deleted).
+
+    \b
+    Example: enigma raft remove-node 10.0.0.4:7000
+    """
     options = _options(state)
     _change(options, "remove", address)
-    click.echo(f"removed {address} from the cluster")
+    if as_json:
+        echo_json({"action": "removed", "address": address,
+                   "node": options.name_of(address)})
+    else:
+        click.echo(f"removed {address} from the cluster")
 
 
 def _options(state: Any) -> RaftOptions:
