@@ -11,6 +11,7 @@ unreachable or damaged is passed over until the AES-GCM tag accepts a result.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import random
 import threading
@@ -35,6 +36,8 @@ from enigma.plugins.distribution import Redundancy, redundancy_of
 from enigma.recipient import WriteOnlyError
 from enigma.repository import Repository
 from enigma.telemetry import TELEMETRY
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -114,9 +117,7 @@ def with_retries(what: str, action: Callable[..., T], *args: Any,
                                    f"{elapsed:.1f} s)") from exc
             TELEMETRY.backend_error(label, "transient")
             TELEMETRY.backend_retry(label)
-            import logging  # here, to keep this edit to the retry loop alone
-
-            logging.getLogger("enigma.chunkstore").info(
+            log.info(
                 "%s failed (attempt %d, provider '%s'): %s; retrying in %.2f s", what,
                 attempt, label, exc, delay)
             time.sleep(delay)

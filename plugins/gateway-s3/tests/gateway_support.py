@@ -82,9 +82,17 @@ def start_gateway(root: Path, extra: str = "", scheme: str = "http") -> Gateway:
     write_gateway_config(runner, port, f'domain = "localhost"\n{extra}[[s3_proxy.keys]]\n'
                                        f'access_key = "{OTHER_ACCESS_KEY}"\n'
                                        f'secret_key = "{OTHER_SECRET_KEY}"\n')
+    return serve(runner, root, port, scheme)
+
+
+def serve(runner: Enigma, root: Path, port: int, scheme: str = "http",
+          retry_seconds: str = "3") -> Gateway:
+    """Start ``enigma serve`` on a configured repository and wait for its port
+    (its log goes to ``root/serve.log``)."""
     process = ServerProcess([ENIGMA, "--config-dir", str(runner.config_dir), "serve"],
                             root / "serve.log",
-                            env={"ENIGMA_PASSPHRASE": PASSPHRASE, "ENIGMA_RETRY_SECONDS": "3"})
+                            env={"ENIGMA_PASSPHRASE": PASSPHRASE,
+                                 "ENIGMA_RETRY_SECONDS": retry_seconds})
     proc = process.start()
     try:
         wait_until(lambda: port_open(port), timeout=30, what="enigma serve", process=proc,

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 from enigma_gateway_s3.metrics import RepositoryCollector, operation
-from gateway_support import Gateway, error_of, port_open, start_gateway, write_gateway_config
-from helpers import ENIGMA, PASSPHRASE, Enigma, assert_clean_error
-from servers import ServerProcess, free_port, wait_until
+from gateway_support import Gateway, error_of, serve, start_gateway, write_gateway_config
+from helpers import Enigma, assert_clean_error
+from servers import free_port
 
 from enigma.manifest import BucketRecord, Manifest, ObjectRecord
 
@@ -97,17 +97,7 @@ def start_faulty_gateway(root: Path, metrics_port: int) -> tuple[Gateway, Path]:
     runner.ok("init")
     port = free_port()
     write_gateway_config(runner, port, f'metrics_addr = "127.0.0.1:{metrics_port}"\n')
-    process = ServerProcess([ENIGMA, "--config-dir", str(runner.config_dir), "serve"],
-                            root / "serve.log",
-                            env={"ENIGMA_PASSPHRASE": PASSPHRASE, "ENIGMA_RETRY_SECONDS": "30"})
-    proc = process.start()
-    try:
-        wait_until(lambda: port_open(port), timeout=30, what="enigma serve", process=proc,
-                   log=root / "serve.log")
-    except BaseException:
-        process.stop()
-        raise
-    return Gateway(f"http://127.0.0.1:{port}", port, runner.config_dir, runner, process), journal
+    return serve(runner, root, port, retry_seconds="30"), journal
 
 
 def test_pipeline_counters_move_by_the_right_amounts(tmp_path: Path) -> None:

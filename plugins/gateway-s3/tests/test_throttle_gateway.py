@@ -15,9 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from gateway_support import Gateway, port_open, write_gateway_config
-from helpers import ENIGMA, PASSPHRASE, Enigma
-from servers import ServerProcess, free_port, wait_until
+from gateway_support import Gateway, serve, write_gateway_config
+from helpers import Enigma
+from servers import free_port
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -38,16 +38,11 @@ def limited_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gatewa
         1))
     port = free_port()
     write_gateway_config(runner, port)
-    process = ServerProcess([ENIGMA, "--config-dir", str(runner.config_dir), "serve"],
-                            root / "serve.log",
-                            env={"ENIGMA_PASSPHRASE": PASSPHRASE, "ENIGMA_RETRY_SECONDS": "3"})
-    proc = process.start()
+    gateway = serve(runner, root, port)
     try:
-        wait_until(lambda: port_open(port), timeout=30, what="enigma serve", process=proc,
-                   log=root / "serve.log")
-        yield Gateway(f"http://127.0.0.1:{port}", port, runner.config_dir, runner, process)
+        yield gateway
     finally:
-        process.stop()
+        gateway.process.stop()
 
 
 def both_at_once(call: Callable[[str], Any], keys: list[str]) -> tuple[list[Any], float]:

@@ -594,7 +594,7 @@ class Handler:
         except BaseException:
             pieces.close()
             raise
-        return Response(status, headers, _primed(lead, pieces))
+        return Response(status, headers, primed(lead, pieces))
 
 
     def copy_source(self) -> ObjectRecord:
@@ -687,7 +687,8 @@ class Handler:
         return xml_response(f'<DeleteResult xmlns="{XMLNS}">{"".join(results)}</DeleteResult>')
 
 
-def _primed(lead: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+def primed(lead: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    """``lead`` (already fetched, to fail before the response starts) then ``rest``."""
     try:
         if lead:
             yield lead

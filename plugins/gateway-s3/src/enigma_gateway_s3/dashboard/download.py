@@ -16,6 +16,7 @@ import anyio.to_thread
 from starlette.responses import StreamingResponse
 
 from enigma.manifest import FileEntry, ObjectRecord
+from enigma_gateway_s3.app import primed
 from enigma_gateway_s3.store import ObjectStore
 
 #: Largest piece handed to the HTTP server at once (as the S3 GET path does).
@@ -43,21 +44,12 @@ def open_pieces(store: ObjectStore, entry: FileEntry) -> Iterator[bytes]:
     except BaseException:
         pieces.close()
         raise
-    return _primed(lead, pieces)
+    return primed(lead, pieces)
 
 
 def nothing() -> Iterator[bytes]:
     """An empty body that, like every body here, is a generator (it has ``close``)."""
     yield from ()
-
-
-def _primed(lead: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
-    try:
-        if lead:
-            yield lead
-        yield from rest
-    finally:
-        rest.close()  # type: ignore[attr-defined]
 
 
 async def _relay(pieces: Iterator[bytes]) -> AsyncIterator[bytes | memoryview]:
