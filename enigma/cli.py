@@ -289,16 +289,15 @@ def backup(ctx: click.Context, paths: tuple[str, ...], force: bool, as_json: boo
                        "stats": asdict(s), "problems": result.problems})
     else:
         for problem in result.problems[:20]:
-            click.echo(f"warning: {problem}", err=True)
+            warn(problem)  # -q leaves the exit code (3) to tell
         if len(result.problems) > 20:
-            click.echo(f"... and {len(result.problems) - 20} more (see the backup log)",
-                       err=True)
+            note(f"... and {len(result.problems) - 20} more (see the backup log)")
         rate = s.bytes_read / s.seconds / 1e6 if s.seconds else 0.0
-        click.echo(f"backup {result.status}: {s.files} files ({s.files_new} new, "
-                   f"{s.files_changed} changed, {s.files_unchanged} unchanged), {s.dirs} dirs, "
-                   f"{s.symlinks} symlinks; {human(s.bytes_read)} read, {s.chunks_new} new "
-                   f"chunks, {human(s.bytes_uploaded)} uploaded; {s.seconds:.2f} s "
-                   f"({rate:.1f} MB/s)", err=True)
+        note(f"backup {result.status}: {s.files} files ({s.files_new} new, "
+             f"{s.files_changed} changed, {s.files_unchanged} unchanged), {s.dirs} dirs, "
+             f"{s.symlinks} symlinks; {human(s.bytes_read)} read, {s.chunks_new} new "
+             f"chunks, {human(s.bytes_uploaded)} uploaded; {s.seconds:.2f} s "
+             f"({rate:.1f} MB/s)")
         click.echo(result.backup_id)
     mirror_snapshot(repo)
     if result.status == "partial":
@@ -526,8 +525,8 @@ def restore(state: State, backup_id: str, dest: str | None, prefix: str | None,
             click.echo(f"refused: {line}", err=True)
         for line in result.damaged:
             click.echo(f"damaged: {line}", err=True)
-        click.echo(f"restored {result.files} files, {result.dirs} dirs, {result.symlinks} "
-                   f"symlinks ({human(result.bytes)}) into {os.path.abspath(dest)}", err=True)
+        note(f"restored {result.files} files, {result.dirs} dirs, {result.symlinks} "
+             f"symlinks ({human(result.bytes)}) into {os.path.abspath(dest)}")
     if not result.ok:
         raise EnigmaError(f"restore incomplete: {len(result.damaged)} damaged, "
                           f"{len(result.refused)} refused")

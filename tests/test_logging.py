@@ -37,6 +37,12 @@ def test_quiet_leaves_only_errors(tmp_path: Path) -> None:
     assert "keys exist" in loud.err  # the same lines without -q
     failed = runner("-q", "verify", "0000")
     assert_clean_error(failed, "no backup", code=1)
+    source = make_tree(tmp_path / "src")
+    backup = runner.ok("-q", "backup", str(source))
+    assert backup.err == "" and len(backup.out.split()) == 1  # the id alone
+    assert "backup complete" in runner.ok("backup", str(source)).err
+    restored = runner.ok("-q", "restore", backup.out.strip(), str(tmp_path / "out"))
+    assert restored.err == "" and restored.out == ""
 
 
 @pytest.mark.parametrize("value,fragment", [
