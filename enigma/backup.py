@@ -205,6 +205,8 @@ class _Backup:
         self.last_progress = self.last_flush
         self.started = time.time()
         self.telemetry_at_start = TELEMETRY.snapshot()
+        #: Bytes read so far of the big file being cut (not yet in stats.bytes_read).
+        self.reading = 0
 
     # -- audit trail -------------------------------------------------------------------
 
@@ -309,7 +311,9 @@ class _Backup:
         if self.last_flush - self.last_progress >= PROGRESS_SECONDS:
             # Partial stats for watchers (the dashboard's live progress).
             self.stats.seconds = round(time.time() - self.started, 3)
-            self.manifest.backup_progress(self.backup_id, asdict(self.stats))
+            partial = asdict(self.stats)
+            partial["bytes_read"] += self.reading  # a big file part-way through
+            self.manifest.backup_progress(self.backup_id, partial)
             self.last_progress = self.last_flush
 
     def salvage(self) -> None:
@@ -427,12 +431,15 @@ class _Backup:
                     futures.append(future)
                     refs.append(ChunkRef(b"", offset, len(piece)))
                     offset += len(piece)
+                    self.reading = offset
                     self.progress.advance(bytes=len(piece))
                     self.drain()
         except OSError as exc:
+            self.reading = 0
             self.loose.extend(futures)
             self.note("error", "unreadable", rel, f"read failed: {exc.strerror or exc}")
             return
+        self.reading = 0
         self.stats.files += 1
         if cached is None:
             self.stats.files_new += 1

@@ -100,18 +100,14 @@ def running_stats(db: Path) -> dict[str, Any] | None:
     return json.loads(row[0]) if row and row[0] else None
 
 
-def test_running_backup_records_partial_stats(tmp_path: Path) -> None:
-    runner, _ = faulty_repo(tmp_path, delay=0.5)  # each chunk put takes 0-0.5 s
-    source = tmp_path / "src"
-    source.mkdir()
-    rng = random.Random(2)
-    for i in range(24):
-        (source / f"f{i:02}.bin").write_bytes(rng.randbytes(100_000))
+def watch_backup(runner: Enigma, *args: str) -> list[dict[str, Any]]:
+    """Run ``enigma [args] backup ...`` and collect every distinct partial stats record
+    seen in the manifest while it runs."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENIGMA_")}
     env.update(ENIGMA_PASSPHRASE=PASSPHRASE, ENIGMA_TEST_FAST_KDF="1")
-    proc = subprocess.Popen([ENIGMA, "--config-dir", str(runner.config_dir), "backup",
-                             str(source)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen([ENIGMA, "--config-dir", str(runner.config_dir), *args],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL)
     seen: list[dict[str, Any]] = []
     try:
         while proc.poll() is None:
@@ -123,6 +119,17 @@ def test_running_backup_records_partial_stats(tmp_path: Path) -> None:
         _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert seen, "no partial stats were recorded while the backup ran"
+    return seen
+
+
+def test_running_backup_records_partial_stats(tmp_path: Path) -> None:
+    runner, _ = faulty_repo(tmp_path, delay=0.5)  # each chunk put takes 0-0.5 s
+    source = tmp_path / "src"
+    source.mkdir()
+    rng = random.Random(2)
+    for i in range(24):
+        (source / f"f{i:02}.bin").write_bytes(rng.randbytes(100_000))
+    seen = watch_backup(runner, "backup", str(source))
     assert all(s["files"] == 24 for s in seen[1:])
     partial_bytes = [s["bytes_new"] for s in seen]
     assert partial_bytes == sorted(partial_bytes)  # they only grow
@@ -134,6 +141,19 @@ def test_running_backup_records_partial_stats(tmp_path: Path) -> None:
         assert final.stats["bytes_new"] == 24 * 100_000
     finally:
         manifest.close()
+
+
+def test_partial_stats_move_inside_one_big_file(tmp_path: Path) -> None:
+    """One file larger than the pipeline's 24 MiB in-flight budget, uploads paced at
+    8 MiB/s: the bytes read so far show while the file is still being cut."""
+    runner = Enigma(tmp_path / "config")
+    runner.ok("init")
+    source = tmp_path / "src"
+    source.mkdir()
+    size = 32 * 1024 * 1024
+    (source / "big.bin").write_bytes(os.urandom(size))
+    seen = watch_backup(runner, "--limit-upload", "8192", "backup", str(source))
+    assert any(s["files"] == 0 and 0 < s["bytes_read"] < size for s in seen), seen
 
 
 def test_progress_never_overwrites_a_finished_backup(tmp_path: Path) -> None:
