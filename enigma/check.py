@@ -243,12 +243,8 @@ def run_check(repo: Repository, subset: Subset | None = None, *,
     """
     manifest = repo.manifest
     result = CheckResult(subset=str(subset) if subset else "")
-    with repository_lock(repo.config.config_dir, exclusive=False):
-        progress.begin("check")
-        try:
-            _walk(repo, subset, result, progress)
-        finally:
-            progress.end()
+    with repository_lock(repo.config.config_dir, exclusive=False), progress.running("check"):
+        _walk(repo, subset, result, progress)
     bad = result.bad_chunks
     if bad:
         result.files = manifest.chunk_files(bad)

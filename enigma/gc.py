@@ -82,12 +82,8 @@ def run_gc(repo: Repository, *, dry_run: bool = False,
     """
     require_gc_allowed(repo)
     result = GcResult(dry_run)
-    with repository_lock(repo.config.config_dir, exclusive=True):
-        progress.begin("gc")
-        try:
-            _collect(repo, result, dry_run, progress)
-        finally:
-            progress.end()
+    with repository_lock(repo.config.config_dir, exclusive=True), progress.running("gc"):
+        _collect(repo, result, dry_run, progress)
     return result
 
 

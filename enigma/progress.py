@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -54,11 +54,6 @@ class ProgressSnapshot:
         if fraction is None or fraction <= 0 or self.elapsed <= 0:
             return None
         return self.elapsed * (1 - fraction) / fraction
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "bytes_per_second": round(self.bytes_per_second, 1),
-                "eta_seconds": (None if self.eta_seconds is None
-                                else round(self.eta_seconds, 1))}
 
 
 class Progress:
@@ -118,8 +113,18 @@ class Progress:
         with self._lock:
             self._errors += 1
 
-    def end(self, summary: dict[str, Any] | None = None) -> None:
-        """The command finished (or failed); ``summary`` is its result as in ``--json``."""
+    def end(self) -> None:
+        """The command finished (or failed)."""
+
+    @contextmanager
+    def running(self, operation: str, *, files_total: int | None = None,
+                bytes_total: int | None = None) -> Iterator[Progress]:
+        """``begin`` now and ``end`` when the block is left, however it is left."""
+        self.begin(operation, files_total=files_total, bytes_total=bytes_total)
+        try:
+            yield self
+        finally:
+            self.end()
 
     def snapshot(self) -> ProgressSnapshot:
         with self._lock:

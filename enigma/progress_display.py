@@ -75,7 +75,7 @@ class _Display(Progress):
                 self._shown = True
                 self._show()
 
-    def end(self, summary: dict[str, Any] | None = None) -> None:
+    def end(self) -> None:
         with self._state_lock:
             if self._shown:
                 self._shown = False

@@ -93,11 +93,8 @@ def run_recover(repo: Repository, passphrase: str | None, *, force: bool = False
     result = RecoverResult()
     result.keystore = recover_keys(repo, passphrase, result)
     result.key_versions = sorted(repo.keys.data_keys)
-    progress.begin("recover")
-    try:
+    with progress.running("recover"):
         return _recover_manifest(repo, result, progress)
-    finally:
-        progress.end()
 
 
 def _recover_manifest(repo: Repository, result: RecoverResult,

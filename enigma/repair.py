@@ -70,11 +70,8 @@ def run_repair(repo: Repository, *, dry_run: bool = False,
     ``progress`` counts chunks checked (files) and their stored size (bytes).
     """
     store = ChunkStore(repo)
-    progress.begin("repair")
-    try:
+    with progress.running("repair"):
         return _repair(repo, store, dry_run, progress)
-    finally:
-        progress.end()
 
 
 def _repair(repo: Repository, store: ChunkStore, dry_run: bool,

@@ -36,13 +36,10 @@ def run_verify(repo: Repository, backup_id: str, *,
     backup = manifest.get_backup(backup_id)
     store = ChunkStore(repo)
     result = VerifyResult(backup.id)
-    progress.begin("verify")
-    with TotalsScanner(progress, lambda: (0 for _ in manifest.backup_chunk_ids(backup.id)),
-                       count_bytes=False):
-        try:
-            _verify(repo, store, backup.id, result, progress)
-        finally:
-            progress.end()
+    with progress.running("verify"), TotalsScanner(
+            progress, lambda: (0 for _ in manifest.backup_chunk_ids(backup.id)),
+            count_bytes=False):
+        _verify(repo, store, backup.id, result, progress)
     if result.bad:
         result.files = manifest.files_using_chunks(backup.id, list(result.bad))
     return result

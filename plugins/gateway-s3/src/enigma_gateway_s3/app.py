@@ -586,15 +586,7 @@ class Handler:
         headers.append(("Content-Length", str(last - first + 1)))
         if head or last < first:
             return Response(status, headers)
-        # Fetch the first chunk before answering: a missing or damaged chunk then becomes
-        # a proper 500 error instead of a truncated 200.
-        pieces = self.app.store.read(record, first, last)
-        try:
-            lead = next(pieces, b"")
-        except BaseException:
-            pieces.close()
-            raise
-        return Response(status, headers, primed(lead, pieces))
+        return Response(status, headers, started_read(self.app.store, record, first, last))
 
 
     def copy_source(self) -> ObjectRecord:
@@ -687,8 +679,21 @@ class Handler:
         return xml_response(f'<DeleteResult xmlns="{XMLNS}">{"".join(results)}</DeleteResult>')
 
 
-def primed(lead: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
-    """``lead`` (already fetched, to fail before the response starts) then ``rest``."""
+def started_read(store: ObjectStore, record: ObjectRecord, first: int, last: int
+                 ) -> Iterator[bytes]:
+    """``store.read`` of bytes first..last with the first piece already fetched: a missing
+    or damaged chunk then raises here, before a response starts (a proper error, not a
+    truncated 200)."""
+    pieces = store.read(record, first, last)
+    try:
+        lead = next(pieces, b"")
+    except BaseException:
+        pieces.close()
+        raise
+    return _primed(lead, pieces)
+
+
+def _primed(lead: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
     try:
         if lead:
             yield lead

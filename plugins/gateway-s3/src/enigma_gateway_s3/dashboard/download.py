@@ -16,7 +16,7 @@ import anyio.to_thread
 from starlette.responses import StreamingResponse
 
 from enigma.manifest import FileEntry, ObjectRecord
-from enigma_gateway_s3.app import primed
+from enigma_gateway_s3.app import started_read
 from enigma_gateway_s3.store import ObjectStore
 
 #: Largest piece handed to the HTTP server at once (as the S3 GET path does).
@@ -38,13 +38,7 @@ def open_pieces(store: ObjectStore, entry: FileEntry) -> Iterator[bytes]:
         return nothing()
     record = ObjectRecord(bucket="", key=entry.path, size=entry.size, etag="",
                           created_at=0.0, chunks=entry.chunks)
-    pieces = store.read(record, 0, entry.size - 1)
-    try:
-        lead = next(pieces, b"")
-    except BaseException:
-        pieces.close()
-        raise
-    return primed(lead, pieces)
+    return started_read(store, record, 0, entry.size - 1)
 
 
 def nothing() -> Iterator[bytes]:

@@ -1,7 +1,7 @@
 """Provider health for the providers page: one cheap live probe each, in parallel.
 
-The probe asks whether the provider holds its copy of the keystore (``exists``: one HEAD
-or stat, no data read). A provider that does not answer within ``PROBE_SECONDS`` is shown
+The probe is the provider's own ``check`` (what ``enigma status`` asks too: for most, one
+HEAD or stat, no data read). A provider that does not answer within ``PROBE_SECONDS`` is shown
 as such; its probe keeps running on its thread, and later page loads report that probe
 instead of starting another, so a hung cloud cannot pile up threads.
 """
@@ -15,8 +15,6 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
-from enigma.recovery import KEYSTORE_OBJECT
-
 PROBE_SECONDS = 5.0
 
 
@@ -27,7 +25,7 @@ class Health:
     label: str
     type: str
     ok: bool
-    detail: str  # "keystore present", or the error in one line
+    detail: str  # "reachable", or the error in one line
     millis: float | None
     chunks: int = 0
     stored_bytes: int = 0
@@ -38,14 +36,14 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def _probe(provider: Any, done: Future[tuple[bool, float]]) -> None:
+def _probe(provider: Any, done: Future[float]) -> None:
     start = time.perf_counter()
     try:
-        present = bool(provider.exists(KEYSTORE_OBJECT))
+        provider.check()
     except BaseException as exc:
         done.set_exception(exc)
     else:
-        done.set_result((present, (time.perf_counter() - start) * 1000))
+        done.set_result((time.perf_counter() - start) * 1000)
 
 
 class Prober:
@@ -54,13 +52,13 @@ class Prober:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._inflight: dict[str, tuple[Future[tuple[bool, float]], float]] = {}
+        self._inflight: dict[str, tuple[Future[float], float]] = {}
 
-    def _start(self, label: str, provider: Any) -> tuple[Future[tuple[bool, float]], float]:
+    def _start(self, label: str, provider: Any) -> tuple[Future[float], float]:
         with self._lock:
             running = self._inflight.get(label)
             if running is None or running[0].done():
-                done: Future[tuple[bool, float]] = Future()
+                done: Future[float] = Future()
                 threading.Thread(target=_probe, args=(provider, done), daemon=True,
                                  name=f"dashboard-probe-{label}").start()
                 running = (done, time.monotonic())
@@ -76,7 +74,7 @@ class Prober:
         for label, (future, since) in started.items():
             chunks, stored = usage.get(label, (0, 0))
             try:
-                present, millis = future.result(timeout=max(deadline - time.monotonic(), 0))
+                millis = future.result(timeout=max(deadline - time.monotonic(), 0))
             except FutureTimeout:
                 waited = time.monotonic() - since
                 rows.append(Health(label, types.get(label, "?"), False,
@@ -86,8 +84,6 @@ class Prober:
                 rows.append(Health(label, types.get(label, "?"), False, _one_line(exc), None,
                                    chunks, stored))
                 continue
-            detail = "reachable, keystore copy present" if present else \
-                "reachable, but its keystore copy is missing"
-            rows.append(Health(label, types.get(label, "?"), True, detail, millis, chunks,
+            rows.append(Health(label, types.get(label, "?"), True, "reachable", millis, chunks,
                                stored))
         return rows

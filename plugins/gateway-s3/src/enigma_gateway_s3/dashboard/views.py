@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from enigma.backup import stored_path
 from enigma.errors import NotFoundError
 from enigma.manifest import BackupRecord, FileEntry, LogEntry, Manifest
 from enigma_gateway_s3.dashboard import formats
@@ -60,7 +62,6 @@ class BackupSummary:
     dedup: float | None
     compression: float | None
     duration: float | None
-    estimate: int | None = None  # bytes_total_estimate while running, when reported
 
     @classmethod
     def of(cls, record: BackupRecord, now: float) -> BackupSummary:
@@ -74,7 +75,7 @@ class BackupSummary:
         else:
             took = _number(stats, "seconds")
         return cls(record, _number(stats, "files"), total, new, stored, _ratio(read, new),
-                   _ratio(new, stored), took, _number(stats, "bytes_total_estimate"))
+                   _ratio(new, stored), took)
 
     @property
     def id(self) -> str:
@@ -84,21 +85,13 @@ class BackupSummary:
     def running(self) -> bool:
         return self.record.status == "running"
 
-    @property
-    def percent(self) -> int | None:
-        """Progress of a running backup when it reported an estimate of its total."""
-        if not self.running or not self.estimate or self.bytes_total is None:
-            return None
-        return min(int(100 * self.bytes_total / self.estimate), 100)
-
     def cells(self) -> dict[str, str]:
         """The live-refreshed cells of a running backup, formatted as the page shows them."""
         return {"status": self.record.status, "files": formats.count(self.files),
                 "bytes_total": formats.size(self.bytes_total),
                 "bytes_new": formats.size(self.bytes_new), "dedup": formats.ratio(self.dedup),
                 "compression": formats.ratio(self.compression),
-                "duration": formats.duration(self.duration),
-                "percent": "" if self.percent is None else f"{self.percent}%"}
+                "duration": formats.duration(self.duration)}
 
 
 def backups(manifest: Manifest) -> list[BackupSummary]:
@@ -206,8 +199,8 @@ def file_entry(manifest: Manifest, backup_id: str, path: str,
 
 
 def source_paths(record: BackupRecord) -> list[str]:
-    """Where each source of a backup sits in its tree (enigma.backup.stored_path)."""
-    return [s.replace("\\", "/").lstrip("/") for s in record.sources]
+    """Where each source of a backup sits in its tree."""
+    return [stored_path(Path(s)) for s in record.sources]
 
 
 def log_tail(manifest: Manifest, backup_id: str) -> tuple[list[LogEntry], int]:
