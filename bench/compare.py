@@ -636,7 +636,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep repositories and restores")
     for name in TOOLS:
         parser.add_argument(f"--{name}", metavar="PATH", help=f"the {name} executable")
+    parser.add_argument("--enigma-config", metavar="TOML", type=Path,
+                        help="Enigma's enigma.toml for the run (compare settings, e.g. chunk "
+                             "sizes) [compression on, otherwise defaults]")
     args = parser.parse_args(argv)
+    if args.enigma_config:
+        Enigma.config = args.enigma_config.read_text()
 
     wanted = [t.strip() for t in args.tools.split(",") if t.strip()]
     unknown = [t for t in wanted if t not in TOOLS]

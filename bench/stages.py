@@ -3,7 +3,7 @@
 Measures MB/s on one core (one thread) and on all cores (one thread per core; every stage
 here releases the GIL, so threads are the fair way to use the cores) for:
 
-- FastCDC 2020 (pyfastcdc ``cut_buf``) with Enigma's default sizes (1/4/16 MiB),
+- FastCDC 2020 (pyfastcdc ``cut_buf``) with Enigma's default sizes (512 KiB/1 MiB/8 MiB),
 - the keyed chunk id (HMAC-SHA256),
 - zstd level 3 compression of text and of random data, and decompression of text,
 - AES-256-GCM seal and open,
@@ -46,8 +46,10 @@ from compare import (
 )
 from dataset import MB, Generator, MiB
 
+from enigma.plugins.cdc import DEFAULT_AVG, DEFAULT_MAX, DEFAULT_MIN
+
 ALL_CPUS = os.sched_getaffinity(0)
-CHUNK = 4 * MiB  # Enigma's average chunk size: the unit every per-chunk stage sees
+CHUNK = DEFAULT_AVG  # Enigma's average chunk size: the unit every per-chunk stage sees
 #: Published figures, for context only (different machines, different code).
 SEED_M3 = {"pipeline": 70.0, "aes-gcm-seal": 135.0}  # the seed's README, Apple M3 Pro
 ISSUE_PER_CORE = {"cdc": 2200.0, "hmac-sha256": 1200.0, "zstd3-text": 130.0,
@@ -90,7 +92,7 @@ def parallel_rate(make_work: Callable[[], Callable[[], int]], threads: int,
 
 
 def primitive_rows(text: bytes, noise: bytes, cores: int, seconds: float) -> list[Row]:
-    """Each stage alone over 4 MiB pieces, one thread vs one thread per core."""
+    """Each stage alone over average-chunk pieces, one thread vs one thread per core."""
     import zstandard
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
     from pyfastcdc import FastCDC
@@ -103,7 +105,7 @@ def primitive_rows(text: bytes, noise: bytes, cores: int, seconds: float) -> lis
 
     def cdc() -> Callable[[], int]:
         def work() -> int:
-            chunker = FastCDC(4 * MiB, min_size=1 * MiB, max_size=16 * MiB)
+            chunker = FastCDC(DEFAULT_AVG, min_size=DEFAULT_MIN, max_size=DEFAULT_MAX)
             return sum(len(c.data) for c in chunker.cut_buf(noise))
         return work
 
@@ -150,7 +152,7 @@ def primitive_rows(text: bytes, noise: bytes, cores: int, seconds: float) -> lis
 
     ratio = len(text) / sum(len(p) for p in packed)
     stages: list[tuple[str, str, Callable[[], Callable[[], int]], str]] = [
-        ("cdc", "random", cdc, "pyfastcdc cut_buf, avg 4 MiB"),
+        ("cdc", "random", cdc, f"pyfastcdc cut_buf, avg {DEFAULT_AVG // MiB} MiB"),
         ("hmac-sha256", "random", hmac_sha256, "chunk id"),
         ("zstd3-text", "text", zstd(text), f"ratio {ratio:.2f}"),
         ("zstd3-random", "random", zstd(noise), "incompressible"),
@@ -275,7 +277,7 @@ def markdown(report: dict[str, Any]) -> str:
         "average during the run"
         + (" - NOT IDLE, numbers are indicative only" if report["busy"] else " (idle)") + "  ",
         f"Input: {report['mib']} MiB of text and {report['mib']} MiB of random data, "
-        f"4 MiB pieces; each figure is sustained for >= {report['seconds']} s.",
+        f"{CHUNK // MiB} MiB pieces; each figure is sustained for >= {report['seconds']} s.",
         "",
         f"| stage | data | MB/s, 1 core | MB/s, {cores} cores | scaling | "
         "seed, M3 Pro | issue 3, per core | note |",

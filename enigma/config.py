@@ -44,9 +44,9 @@ key_provider = "local"
 distribution = "RoundRobin"
 
 [enigma.chunk_strategy.Cdc]
-min_size = 1048576      # 1 MiB
-avg_size = 4194304      # 4 MiB
-max_size = 16777216     # 16 MiB
+min_size = 524288       # 512 KiB
+avg_size = 1048576      # 1 MiB
+max_size = 8388608      # 8 MiB
 
 [enigma.compression]
 enabled = false

@@ -144,13 +144,13 @@ def test_running_backup_records_partial_stats(tmp_path: Path) -> None:
 
 
 def test_partial_stats_move_inside_one_big_file(tmp_path: Path) -> None:
-    """One file larger than the pipeline's 24 MiB in-flight budget, uploads paced at
-    8 MiB/s: the bytes read so far show while the file is still being cut."""
+    """One file twice the pipeline's 24 MiB in-flight budget, uploads paced at 8 MiB/s:
+    reading stays ~3 s ahead of the uploads, and the bytes read so far show meanwhile."""
     runner = Enigma(tmp_path / "config")
     runner.ok("init")
     source = tmp_path / "src"
     source.mkdir()
-    size = 32 * 1024 * 1024
+    size = 48 * 1024 * 1024
     (source / "big.bin").write_bytes(os.urandom(size))
     seen = watch_backup(runner, "--limit-upload", "8192", "backup", str(source))
     assert any(s["files"] == 0 and 0 < s["bytes_read"] < size for s in seen), seen

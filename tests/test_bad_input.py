@@ -71,7 +71,7 @@ def test_seed_reference_config_loads_unchanged(tmp_path: Path) -> None:
     assert [p["type"] for p in shown["providers"]] == ["S3", "S3Compatible", "Azure", "Gcs",
                                                        "Local"]
     assert shown["enigma"]["chunk_strategy"] == {
-        "Cdc": {"min_size": 1048576, "avg_size": 4194304, "max_size": 16777216}}
+        "Cdc": {"min_size": 524288, "avg_size": 1048576, "max_size": 8388608}}
     assert shown["s3_proxy"]["secret_key"] == "enc:…"
     assert shown["raft"]["peers"][1]["addr"] == "10.0.0.3:7000"
     assert "minioadmin" not in json.dumps(shown)

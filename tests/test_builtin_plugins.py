@@ -379,13 +379,16 @@ def test_local_concurrent_same_new_directories(store: LocalStorage) -> None:
 def test_cdc_defaults_and_params() -> None:
     c = CdcChunker()
     assert c.params == {
-        "avg_size": 4 * MiB,
-        "min_size": 1 * MiB,
-        "max_size": 16 * MiB,
+        "avg_size": 1 * MiB,
+        "min_size": 512 * 1024,
+        "max_size": 8 * MiB,
         "normalized_chunking": 1,
         "seed": 0,
     }
     assert CdcChunker(**c.params).params == c.params
+    # An average given alone gets pyfastcdc's bounds, a quarter and four times it.
+    assert CdcChunker(avg_size=4 * MiB).params["min_size"] == 1 * MiB
+    assert CdcChunker(avg_size=4 * MiB).params["max_size"] == 16 * MiB
 
 
 def test_cdc_target_size_alias() -> None:

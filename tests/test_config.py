@@ -29,8 +29,8 @@ def test_seed_example_parses_completely(tmp_path: Path) -> None:
     assert [p.weight for p in config.providers] == [2, 1, 1, 1, 1]
     minio = config.providers[1]
     assert minio.options["path_style"] is True and minio.options["endpoint_url"]
-    assert config.chunker == ("Cdc", {"min_size": 1 << 20, "avg_size": 4 << 20,
-                                      "max_size": 16 << 20})
+    assert config.chunker == ("Cdc", {"min_size": 512 << 10, "avg_size": 1 << 20,
+                                      "max_size": 8 << 20})
     assert config.compression is None  # enabled = false, as in the seed
     assert config.key_provider == "local" and config.key_options == {
         "keyfile_path": "keystore.enc"}

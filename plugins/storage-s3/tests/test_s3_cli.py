@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import subprocess
 import time
 from collections.abc import Callable
@@ -146,7 +147,10 @@ def test_server_dies_mid_backup(tmp_path: Path) -> None:
     with seaweedfs_server(tmp_path / "weed") as server:
         runner = Enigma(tmp_path / "config")
         bucket = "enigma-dies"
-        configure(runner, server, bucket)
+        config = configure(runner, server, bucket)
+        # A minimum chunk of 1 MiB keeps each file one chunk (the default is 512 KiB).
+        config.write_text(re.sub(r"(?m)^min_size = .*$", "min_size = 1048576",
+                                 config.read_text()))
         runner.ok("init")
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("ENIGMA_")}
