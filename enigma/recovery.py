@@ -245,16 +245,18 @@ def store_keystore(repo: Repository) -> StoreResult | None:
     return result
 
 
-def store_snapshot(repo: Repository, *, previous_digest: str = "") -> StoreResult:
+def store_snapshot(repo: Repository, *, previous_digest: str | None = None) -> StoreResult:
     """Seal a consistent copy of the manifest and store it on every provider, then keep
-    only the newest ``KEEP_SNAPSHOTS`` there. Skips everything (``unchanged``) when the
-    copy's digest equals ``previous_digest``."""
+    only the newest ``KEEP_SNAPSHOTS`` there. With ``previous_digest`` (a server that
+    snapshots periodically; "" the first time) the copy's digest is computed and returned,
+    and everything is skipped (``unchanged``) when it equals ``previous_digest``; without
+    it (a command that did change the manifest) hashing the copy would be wasted work."""
     key = snapshot_key(repo.keys)
     with scratch_dir(repo) as tmp:
         copy = tmp / "manifest.db"
         os.close(os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         repo.manifest.snapshot_to(copy)
-        digest = _file_digest(copy)
+        digest = "" if previous_digest is None else _file_digest(copy)
         if previous_digest and digest == previous_digest:
             return StoreResult("", digest=digest, unchanged=True)
         created_ns = time.time_ns()
