@@ -230,7 +230,7 @@ class Enigma(Tool):
     binary = "enigma"
     config = ('[enigma]\nkey_provider = "local"\ndistribution = "RoundRobin"\n\n'
               '[enigma.compression]\nenabled = true\nlevel = 3\n')
-    settings = "AES-256-GCM, HMAC-SHA256 ids, FastCDC avg 4 MiB, zstd 3 (per chunk)"
+    settings = "AES-256-GCM, HMAC-SHA256 ids, FastCDC 512 KiB/1 MiB/8 MiB, zstd 3 (per chunk)"
 
     @classmethod
     def find(cls, override: str | None = None) -> str | None:
@@ -661,6 +661,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.enigma_config:
         Enigma.config = args.enigma_config.read_text()
+        Enigma.settings = f"enigma.toml from {args.enigma_config}"
 
     wanted = [t.strip() for t in args.tools.split(",") if t.strip()]
     unknown = [t for t in wanted if t not in TOOLS]
