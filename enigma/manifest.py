@@ -956,6 +956,21 @@ class Manifest:
             ).fetchall()
         return _chunk_from_rows(rows) if rows else None
 
+    def get_chunks(self, ids: Iterable[bytes]) -> dict[bytes, ChunkRecord]:
+        """Records of the ``ids`` that exist: one query per 500 ids (a restore looks up a
+        whole batch of small files' chunks at once)."""
+        wanted = sorted({bytes(i) for i in ids})
+        found: dict[bytes, ChunkRecord] = {}
+        for batch in _batches(wanted):
+            with self._read() as conn:
+                rows = conn.execute(
+                    f"SELECT {_CHUNK_COLUMNS}, l.provider FROM chunks c"
+                    " LEFT JOIN chunk_locations l ON l.chunk_id = c.id"
+                    f" WHERE c.id IN ({_marks(len(batch))}) ORDER BY c.id", batch,
+                ).fetchall()
+            found.update((record.id, record) for record in _group_chunks(rows))
+        return found
+
     def known_chunks(self, ids: Iterable[bytes]) -> set[bytes]:
         """The subset of ``ids`` already stored: one query per 500 ids, not one per id."""
         wanted = [bytes(i) for i in ids]

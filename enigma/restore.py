@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 
 from enigma.chunkstore import ChunkStore
 from enigma.errors import EnigmaError, IntegrityError, NotFoundError
-from enigma.manifest import BackupRecord, ChunkRef, FileEntry
+from enigma.manifest import BackupRecord, ChunkRecord, ChunkRef, FileEntry
 from enigma.pipeline import DEFAULT_BUDGET, cpu_count, ordered_map
 from enigma.progress import NO_PROGRESS, Progress, TotalsScanner
 from enigma.repository import Repository
@@ -296,8 +296,10 @@ class _Restorer:
         return UnsafePath(f"refusing to replace directory {self.dest}/{path} with a "
                           "non-directory")
 
-    def fetch(self, ref: ChunkRef) -> bytes:
-        record = self.manifest.get_chunk(ref.chunk_id)
+    def fetch(self, ref: ChunkRef, records: dict[bytes, ChunkRecord] | None = None) -> bytes:
+        """A chunk's plaintext, checked; ``records`` are looked up already (a batch's)."""
+        record = (self.manifest.get_chunk(ref.chunk_id) if records is None
+                  else records.get(bytes(ref.chunk_id)))
         if record is None:
             raise IntegrityError(f"chunk {ref.chunk_id.hex()[:12]} is not in the manifest")
         return self.store.get(record)
@@ -339,20 +341,23 @@ class _Restorer:
         # copying, which release the GIL: it runs beside the others, needing no slot.
         slot = self.batch_slots if batch.size <= BATCH_BYTES else contextlib.nullcontext()
         with slot:
+            records = self.manifest.get_chunks(
+                ref.chunk_id for entry in batch.entries for ref in entry.chunks)
             for entry in batch.entries:
                 if self.stopping:  # the restore is ending: leave the rest unwritten
                     break
                 try:
-                    batch.outcomes.append(self.write_small(parent_fd, entry))
+                    batch.outcomes.append(self.write_small(parent_fd, entry, records))
                 except BaseException as exc:  # handed to the main thread, in order
                     batch.error = exc
                     break
         return batch
 
-    def write_small(self, parent_fd: int, entry: FileEntry) -> tuple[str, str] | None:
+    def write_small(self, parent_fd: int, entry: FileEntry,
+                    records: dict[bytes, ChunkRecord]) -> tuple[str, str] | None:
         """Fetch and check every chunk first, so a damaged file is never even created."""
         try:
-            pieces = [self.fetch(ref) for ref in entry.chunks]
+            pieces = [self.fetch(ref, records) for ref in entry.chunks]
         except IntegrityError as exc:
             return "damaged", f"{entry.path}: {exc}"
         name = entry.path.rpartition("/")[2]

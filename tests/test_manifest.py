@@ -239,6 +239,16 @@ def test_known_chunks_batches(m: Manifest) -> None:
     assert m.known_chunks(iter(ids[:3])) == {cid(0), cid(2)}
 
 
+def test_get_chunks_batches_and_matches_get_chunk(m: Manifest) -> None:
+    m.add_chunks([chunk(i, providers=("local", "s3") if i % 4 == 0 else ("local",))
+                  for i in range(0, 1200, 2)])
+    found = m.get_chunks(iter([cid(i) for i in range(1200)] + [cid(0)]))
+    assert set(found) == {cid(i) for i in range(0, 1200, 2)}  # missing ids left out
+    assert found[cid(0)].providers == ("local", "s3")
+    assert all(found[cid(i)] == m.get_chunk(cid(i)) for i in (0, 2, 998, 1198))
+    assert m.get_chunks([]) == {}
+
+
 def test_iter_chunks_streams_all_in_id_order(m: Manifest) -> None:
     m.add_chunks([chunk(i, providers=("b", "a")) for i in range(50)])
     recs = list(m.iter_chunks())
