@@ -341,8 +341,12 @@ class _Restorer:
         # copying, which release the GIL: it runs beside the others, needing no slot.
         slot = self.batch_slots if batch.size <= BATCH_BYTES else contextlib.nullcontext()
         with slot:
-            records = self.manifest.get_chunks(
-                ref.chunk_id for entry in batch.entries for ref in entry.chunks)
+            try:
+                records = self.manifest.get_chunks(
+                    ref.chunk_id for entry in batch.entries for ref in entry.chunks)
+            except BaseException as exc:  # handed to the main thread, like a write's
+                batch.error = exc
+                return batch
             for entry in batch.entries:
                 if self.stopping:  # the restore is ending: leave the rest unwritten
                     break
