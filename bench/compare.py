@@ -356,8 +356,8 @@ class Bench:
         root) skips inodes freed in the last 60-300 s when it allocates new ones, by
         reading each one's on-disk dtime, so after ``rm -rf`` of 25,000 files every file
         created nearby costs a scan (measured: ``cp -a`` of the 1 GB tree 1.6 s, then
-        7.1 s and 15.4 s when each run followed the deletion of the previous copy; 98 %
-        kernel time in ``recently_deleted``). A rename frees no inode.
+        7.1 s and 15.4 s when each run followed the deletion of the previous copy, nearly
+        all in the kernel, most of it in ``recently_deleted``). A rename frees no inode.
         """
         if path.exists():
             self.trash.mkdir(exist_ok=True)
