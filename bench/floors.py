@@ -41,10 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import PASSPHRASE, machine_info
 from dataset import MB, MiB, generate
 
+from enigma.chunkstore import MIN_SAVING  # zstd output is kept only if it saves this much
 from enigma.plugins.cdc import DEFAULT_AVG, DEFAULT_MAX, DEFAULT_MIN
 
-#: zstd's output is kept only if it saves this much (what Enigma's chunk store does).
-MIN_SAVING = 0.02
 WRITE_BLOCK = 16 * MiB
 
 

@@ -186,14 +186,14 @@ def read_small_file(path: str, limit: int) -> bytes:
 class _Backup:
     """One backup run's state: the walk, in-flight files, pending manifest rows, the log."""
 
-    def __init__(self, repo: Repository, backup_id: str, excluded: set[Path],
+    def __init__(self, repo: Repository, backup_id: str, excluded: set[str],
                  force: bool) -> None:
         self.repo = repo
         self.manifest = repo.manifest
         self.chunker = repo.chunker
         self.uploader = ChunkUploader(ChunkStore(repo))
         self.backup_id = backup_id
-        self.excluded = {os.fspath(p) for p in excluded}
+        self.excluded = excluded
         self.force = force
         self.cache: dict[str, FileEntry] = {}
         self.stats = BackupStats()
@@ -515,11 +515,10 @@ def leftovers(repo: Repository) -> dict[str, set[str]]:
     return found
 
 
-def scan_sizes(roots: list[Path], excluded: set[Path]) -> Iterator[int]:
+def scan_sizes(roots: list[Path], excluded: set[str]) -> Iterator[int]:
     """The size of each regular file a backup of ``roots`` will meet: the progress totals,
     counted on a thread beside the backup (``TotalsScanner``). Unsorted and silent: errors
     are the backup's to report."""
-    skip = {str(p) for p in excluded}
     for root in roots:
         try:
             st = os.lstat(root)
@@ -538,7 +537,7 @@ def scan_sizes(roots: list[Path], excluded: set[Path]) -> Iterator[int]:
                 continue
             for dirent in entries:
                 try:
-                    if dirent.path in skip:
+                    if dirent.path in excluded:
                         continue
                     if dirent.is_dir(follow_symlinks=False):
                         stack.append(dirent.path)
@@ -563,8 +562,9 @@ def run_backup(repo: Repository, sources: list[str | os.PathLike[str]], *,
     backup_id = new_backup_id()
     manifest = repo.manifest
     chunker = repo.chunker
-    excluded = {repo.config.config_dir, repo.config.db_path.parent}
-    excluded |= {Path(p.options["path"]) for p in repo.config.providers
+    # As plain strings, the form the walks compare with (``DirEntry.path``).
+    excluded = {os.fspath(repo.config.config_dir), os.fspath(repo.config.db_path.parent)}
+    excluded |= {os.fspath(Path(p.options["path"])) for p in repo.config.providers
                  if isinstance(p.options.get("path"), str)}
     run = _Backup(repo, backup_id, excluded, force)
     run.uploader.resume_from(leftovers(repo))  # before ours shows up as "running"

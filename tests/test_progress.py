@@ -199,8 +199,8 @@ def test_each_command_reports_what_it_did(tmp_path: Path) -> None:
     assert progress.begun == ["backup"] and progress.ended == 1
     assert (s.files_done, s.bytes_done) == (stats.files, stats.bytes_total)
     assert stats.files == 10 and stats.bytes_read == stats.bytes_total
-    assert sum(1 for _ in scan_sizes([tmp_path], {repo.config.config_dir})) == stats.files
-    assert sum(scan_sizes([tmp_path], {repo.config.config_dir})) == stats.bytes_total
+    assert sum(1 for _ in scan_sizes([tmp_path], {str(repo.config.config_dir)})) == stats.files
+    assert sum(scan_sizes([tmp_path], {str(repo.config.config_dir)})) == stats.bytes_total
     assert not [t for t in threading.enumerate() if t.name == "enigma-scan"]
 
     again = Recorder()  # unchanged files count as done, with their size
