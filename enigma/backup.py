@@ -191,7 +191,7 @@ class _Backup:
         self.repo = repo
         self.manifest = repo.manifest
         self.chunker = repo.chunker
-        self.uploader = ChunkUploader(ChunkStore(repo))
+        self.uploader = ChunkUploader(ChunkStore(repo), pack_size=repo.config.pack_size)
         self.backup_id = backup_id
         self.excluded = excluded
         self.force = force

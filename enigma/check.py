@@ -1,7 +1,8 @@
 """``enigma check``: the manifest against what the backends hold, and optionally the data.
 
-Every provider's ``chunks/`` is listed once; then each chunk record is walked (streamed,
-in parallel): each provider it names must hold ``chunk_key(id)``, with the recorded size
+Every provider's ``chunks/`` and ``packs/`` are listed once; then each chunk record is
+walked (streamed, in parallel): each provider it names must hold ``chunk_key(id)`` (or,
+for a packed chunk, its pack, long enough to hold the chunk), with the recorded size
 where that is known (a two-byte ranged read: no interface needs sizes), and the chunks
 selected by ``--read-data``/``--read-data-subset`` are downloaded and authenticated
 through ``ChunkStore.get`` like ``verify``. Objects no record names are orphans.
@@ -24,11 +25,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from enigma.chunkstore import ChunkStore, chunk_key, stored_chunks, with_retries
+from enigma.chunkstore import ChunkStore, chunk_key, stored_chunks, stored_packs, with_retries
 from enigma.errors import EnigmaError, ObjectNotFound, StorageError
 from enigma.interfaces import StorageProvider
 from enigma.lock import repository_lock
 from enigma.manifest import ChunkRecord
+from enigma.packs import pack_key
 from enigma.pipeline import ordered_map
 from enigma.progress import NO_PROGRESS, Progress
 from enigma.repository import Repository
@@ -127,7 +129,7 @@ class Problem:
 class CheckResult:
     subset: str = ""  # what was read: "", "100%", "10%", "2/5"
     chunks: int = 0
-    listed: dict[str, int] = field(default_factory=dict)  # chunk objects listed, by provider
+    listed: dict[str, int] = field(default_factory=dict)  # objects (chunks, packs) by provider
     sizes_checked: int = 0
     read: int = 0  # chunks chosen for reading (not fetched where every copy is known bad)
     bytes_read: int = 0
@@ -154,23 +156,32 @@ class _Item:
     read: bool
 
 
-def _list_chunks(label: str, provider: StorageProvider) -> set[bytes]:
-    return set(stored_chunks(label, provider))
+@dataclass
+class _Listing:
+    """What one provider holds: single chunk objects and packs, by id."""
+
+    chunks: set[bytes]
+    packs: set[bytes]
 
 
-def _list_all(repo: Repository, result: CheckResult) -> dict[str, set[bytes]]:
-    """Each reachable provider's chunk ids; an unreachable one is recorded, not fatal."""
-    listed: dict[str, set[bytes]] = {}
+def _list_objects(label: str, provider: StorageProvider) -> _Listing:
+    return _Listing(set(stored_chunks(label, provider)), set(stored_packs(label, provider)))
+
+
+def _list_all(repo: Repository, result: CheckResult) -> dict[str, _Listing]:
+    """Each reachable provider's objects; an unreachable one is recorded, not fatal."""
+    listed: dict[str, _Listing] = {}
     providers = repo.providers
     with ThreadPoolExecutor(max(1, len(providers)), thread_name_prefix="enigma-list") as pool:
-        futures = {label: pool.submit(_list_chunks, label, p) for label, p in providers.items()}
+        futures = {label: pool.submit(_list_objects, label, p)
+                   for label, p in providers.items()}
         for label, future in futures.items():
             try:
                 listed[label] = future.result()
             except StorageError as exc:
                 result.unreachable[label] = str(exc)
             else:
-                result.listed[label] = len(listed[label])
+                result.listed[label] = len(listed[label].chunks) + len(listed[label].packs)
     return listed
 
 
@@ -209,21 +220,29 @@ class _Inspector:
 
     def object_problem(self, record: ChunkRecord, label: str, provider: StorageProvider,
                        item: _Item) -> tuple[Problem | None, int]:
-        key = chunk_key(record.id)
+        packed = record.pack is not None
+        key = pack_key(record.pack) if record.pack is not None else chunk_key(record.id)
         where = f"provider '{label}'"
         try:
             if label not in item.listed and not with_retries(
                     f"checking {where}", provider.exists, key):
                 return Problem(record.id, "missing", label, f"missing on {where}"), 0
-            size = expected_size(record, label)
+            size = record.offset + record.stored_size if packed else \
+                expected_size(record, label)
             if size is None:
                 return None, 0
-            # A range starting at the last byte holds exactly one byte iff the size is right.
+            # A range starting at the last byte holds exactly one byte iff the size is right
+            # (a pack goes on past its last chunk: its index follows).
             tail = with_retries(f"reading from {where}", provider.get_range, key, size - 1, 2)
         except ObjectNotFound:
             return Problem(record.id, "missing", label, f"missing on {where}"), 0
         except StorageError as exc:
             return Problem(record.id, "unreadable", label, str(exc)), 0
+        if packed and tail:
+            return None, 1
+        if packed:
+            return Problem(record.id, "size", label, f"pack on {where} ends before the "
+                           "chunk's recorded bytes"), 1
         if len(tail) != 1:
             relation = "shorter" if not tail else "longer"
             return Problem(record.id, "size", label, f"object on {where} is {relation} than "
@@ -269,10 +288,15 @@ def _walk(repo: Repository, subset: Subset | None, result: CheckResult,
         for index, record in enumerate(manifest.iter_chunks()):
             present = set()
             for label in record.providers:
-                ids = listed.get(label)
-                if ids is not None and record.id in ids:
+                listing = listed.get(label)
+                if listing is None:
+                    continue
+                if record.pack is not None:
+                    if record.pack in listing.packs:
+                        present.add(label)
+                elif record.id in listing.chunks:
                     present.add(label)
-                    ids.discard(record.id)  # what is left at the end: orphan candidates
+                    listing.chunks.discard(record.id)  # what is left: orphan candidates
             yield _Item(record, frozenset(present), choose(index, record.id))
 
     for item, future in ordered_map(inspect, items(), size=_weight, workers=WORKERS):
@@ -285,9 +309,12 @@ def _walk(repo: Repository, subset: Subset | None, result: CheckResult,
         for problem in problems:
             progress.error(problem.chunk_id.hex(), f"{problem.kind}: {problem.detail}")
         progress.advance(files=1, bytes=read)
-    for label, leftover in listed.items():
+    for label, listing in listed.items():
+        leftover = listing.chunks
         known = manifest.known_chunks(leftover)  # recorded during the walk, or a stray copy
         orphans = sorted(chunk_key(i) for i in leftover if i not in known)
+        used = manifest.pack_chunk_counts(listing.packs)
+        orphans += sorted(pack_key(i) for i in listing.packs if i not in used)
         if orphans:
             result.orphans[label] = orphans
 

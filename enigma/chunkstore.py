@@ -32,6 +32,7 @@ from enigma.errors import (
 )
 from enigma.interfaces import DistributionPolicy, StorageProvider
 from enigma.manifest import ChunkRecord
+from enigma.packs import PACK_PREFIX, pack_id_from_key, pack_key
 from enigma.plugins.distribution import Redundancy, redundancy_of
 from enigma.recipient import WriteOnlyError
 from enigma.repository import Repository
@@ -79,6 +80,13 @@ def stored_chunks(label: str, provider: StorageProvider) -> dict[bytes, str]:
     keys = with_retries(f"listing provider '{label}'", lambda: list(provider.list("chunks/")),
                         provider=label)
     return {chunk_id: key for key in keys if (chunk_id := chunk_id_from_key(key)) is not None}
+
+
+def stored_packs(label: str, provider: StorageProvider) -> dict[bytes, str]:
+    """Pack id -> object name of every pack object ``provider`` lists (with retries)."""
+    keys = with_retries(f"listing provider '{label}'",
+                        lambda: list(provider.list(PACK_PREFIX)), provider=label)
+    return {pack_id: key for key in keys if (pack_id := pack_id_from_key(key)) is not None}
 
 
 def retry_seconds() -> float:
@@ -364,21 +372,29 @@ class ChunkStore:
 
     # -- reading -------------------------------------------------------------------------
 
-    def fetch(self, chunk_id: bytes, label: str) -> Fetched:
-        """One provider's object of a chunk; failures are described, not raised."""
+    def fetch(self, record: ChunkRecord, label: str) -> Fetched:
+        """One provider's object of a chunk (its bytes of a pack, for a packed chunk);
+        failures are described, not raised."""
         provider = self.providers.get(label)
         if provider is None:
             return Fetched(label, error=f"provider '{label}' is not configured",
                            configured=False)
+        what = f"reading from provider '{label}'"
         try:
-            blob = with_retries(f"reading from provider '{label}'", provider.get,
-                                chunk_key(chunk_id))
+            if record.pack is None:
+                blob = with_retries(what, provider.get, chunk_key(record.id))
+            else:
+                blob = with_retries(what, provider.get_range, pack_key(record.pack),
+                                    record.offset, record.stored_size)
         except ObjectNotFound:
             return Fetched(label, error=f"missing on provider '{label}'")
         except StorageError as exc:
             self._failing.add(label)
             return Fetched(label, error=str(exc))
         self._failing.discard(label)
+        if record.pack is not None and len(blob) != record.stored_size:
+            return Fetched(label, error=f"read of its bytes in a pack on provider '{label}' "
+                                        "came back short (pack cut short?)")
         return Fetched(label, blob)
 
     def failing(self, label: str) -> bool:
@@ -389,7 +405,7 @@ class ChunkStore:
         """The provider is known to be unreachable (e.g. its ``check`` failed)."""
         self._failing.add(label)
 
-    def fetch_many(self, chunk_id: bytes, labels: list[str], *,
+    def fetch_many(self, record: ChunkRecord, labels: list[str], *,
                    skip_failing: bool = False) -> Iterator[Fetched]:
         """Several providers' objects of a chunk, fetched in parallel, as they arrive.
 
@@ -400,9 +416,9 @@ class ChunkStore:
                 yield Fetched(label, error=f"provider '{label}' is unreachable")
             labels = [label for label in labels if label not in self._failing]
         if len(labels) == 1:
-            yield self.fetch(chunk_id, labels[0])
+            yield self.fetch(record, labels[0])
             return
-        futures = [_fetch_pool().submit(self.fetch, chunk_id, label) for label in labels]
+        futures = [_fetch_pool().submit(self.fetch, record, label) for label in labels]
         for future in as_completed(futures):
             yield future.result()
 
@@ -430,7 +446,7 @@ class ChunkStore:
         want = min(hint.data_shards, len(order)) if hint.erasure else 1
         while order:
             wave, order = order[:max(1, want)], order[max(1, want):]
-            for fetched in self.fetch_many(record.id, wave):
+            for fetched in self.fetch_many(record, wave):
                 if assembler.add(fetched):
                     return assembler
             want = assembler.needed()

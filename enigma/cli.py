@@ -702,8 +702,8 @@ def gc_summary(result: Any) -> str:
     """gc's one-line outcome (``enigma gc`` and ``enigma forget --prune``)."""
     verb = "would delete" if result.dry_run else "deleted"
     return (f"gc: {verb} {result.chunks} unreferenced chunks ({human(result.bytes)}), "
-            f"{result.orphans} orphan objects, {len(result.stale_backups)} interrupted "
-            "backups")
+            f"{result.packs} emptied packs, {result.orphans} orphan objects, "
+            f"{len(result.stale_backups)} interrupted backups")
 
 
 @cli.command()

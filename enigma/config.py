@@ -23,10 +23,13 @@ DEFAULT_STORAGE_DIR = "storage"
 
 #: Keys of ``[enigma]`` the core reads itself; any other key goes to the key provider.
 CORE_KEYS = {"db_path", "key_provider", "distribution", "chunk_strategy", "compression",
-             "replication", "erasure", "limit_upload", "limit_download"}
+             "replication", "erasure", "limit_upload", "limit_download", "pack_size"}
 #: Bandwidth limits in ``[enigma]`` (KiB/s), by direction; ``--limit-upload`` and
 #: ``--limit-download`` override them (``enigma.throttle``).
 LIMIT_KEYS = {"upload": "limit_upload", "download": "limit_download"}
+#: ``[enigma] pack_size``: MiB a pack of small chunks grows to (``enigma.packs``).
+DEFAULT_PACK_SIZE_MIB = 4
+MAX_PACK_SIZE_MIB = 128
 #: Options of the redundancy policies' tables (``[enigma.replication]``, ``[enigma.erasure]``),
 #: checked at load so a mistake points at its line; the policy checks them against the
 #: number of providers when it is built (only a write needs that: a restore with a lost
@@ -117,6 +120,13 @@ class Config:
         """``[enigma] limit_upload`` / ``limit_download`` in KiB/s, None when not set."""
         value = self.enigma.get(LIMIT_KEYS[direction])
         return value if isinstance(value, int) else None
+
+    @property
+    def pack_size(self) -> int:
+        """``[enigma] pack_size`` in bytes (MiB in the file, as restic's ``--pack-size``):
+        how large a pack of small chunks grows; 0 stores every chunk as its own object."""
+        value = self.enigma.get("pack_size", DEFAULT_PACK_SIZE_MIB)
+        return int(value) * 1024 * 1024
 
     def subtable(self, name: str) -> dict[str, Any]:
         """``[enigma.<name>]`` (e.g. a distribution policy's options), empty when absent."""
@@ -221,6 +231,10 @@ def parse_config(text: str, config_dir: Path, path: Path | None, *,
                               or value < 1):
             raise ConfigError(f"{config.where('enigma', key)}: must be a positive integer "
                               f"(KiB/s), got {value!r}")
+    value = enigma.get("pack_size", DEFAULT_PACK_SIZE_MIB)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_PACK_SIZE_MIB:
+        raise ConfigError(f"{config.where('enigma', 'pack_size')}: must be an integer from 0 "
+                          f"to {MAX_PACK_SIZE_MIB} (MiB; 0: no packs), got {value!r}")
     config.providers = _providers(config)
     _redundancy_tables(config)
     config.chunker  # noqa: B018 - validate now, not at first backup

@@ -15,14 +15,16 @@ refuses to run there.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from enigma.chunkstore import chunk_key, stored_chunks, with_retries
+from enigma.chunkstore import chunk_key, stored_chunks, stored_packs, with_retries
 from enigma.errors import ConfigError
 from enigma.lock import repository_lock
-from enigma.manifest import BackupRecord
+from enigma.manifest import BackupRecord, ChunkRecord, Manifest
+from enigma.packs import pack_key
 from enigma.progress import NO_PROGRESS, Progress
 from enigma.repository import Repository
 from enigma.retention import GroupPlan, Policy, plan
@@ -35,6 +37,8 @@ class GcResult:
     chunks: int = 0
     bytes: int = 0
     orphans: int = 0
+    #: Pack objects deleted because every chunk in them was unreferenced.
+    packs: int = 0
 
 
 def forget_backups(repo: Repository, backup_ids: list[str]) -> list[str]:
@@ -97,23 +101,31 @@ def _collect(repo: Repository, result: GcResult, dry_run: bool, progress: Progre
     garbage = manifest.unreferenced_chunks()
     result.chunks = len(garbage)
     result.bytes = sum(c.stored_size * len(c.providers) for c in garbage)
-    objects = sum(len(c.providers) for c in garbage)
+    dead_packs = _dead_packs(manifest, garbage)
+    result.packs = len(dead_packs)
+    objects = sum(len(c.providers) for c in garbage if c.pack is None) + \
+        sum(len(labels) for labels in dead_packs.values())
     if not dry_run:  # a dry run deletes nothing: no totals to show progress against
         progress.set_totals(files=objects, bytes=result.bytes)
     if not dry_run and garbage:
         manifest.delete_chunks([c.id for c in garbage])
         for record in garbage:
-            for label in record.providers:
-                provider = repo.providers.get(label)
-                if provider is not None:
-                    with_retries(f"deleting from provider '{label}'", provider.delete,
-                                 chunk_key(record.id))
-                progress.advance(files=1, bytes=record.stored_size)
+            if record.pack is None:
+                _delete(repo, record.providers, chunk_key(record.id), progress)
+            progress.advance(bytes=record.stored_size * len(record.providers))
+        # A pack goes once no record points into it (delete_chunks keeps referenced ones).
+        still_used = manifest.pack_chunk_counts(dead_packs)
+        for pack_id, labels in dead_packs.items():
+            if pack_id not in still_used:
+                _delete(repo, labels, pack_key(pack_id), progress)
     for label, provider in repo.providers.items():
         progress.current_file(f"listing provider '{label}'")
         candidates = stored_chunks(label, provider)
         known = manifest.known_chunks(candidates)
         orphans = [key for chunk_id, key in candidates.items() if chunk_id not in known]
+        packs = stored_packs(label, provider)
+        used = manifest.pack_chunk_counts(packs)
+        orphans += [key for pack_id, key in packs.items() if pack_id not in used]
         result.orphans += len(orphans)
         if dry_run:
             continue
@@ -124,6 +136,24 @@ def _collect(repo: Repository, result: GcResult, dry_run: bool, progress: Progre
             with_retries(f"deleting from provider '{label}'", provider.delete, key)
             progress.advance(files=1)
     progress.current_file(None)
+
+
+def _dead_packs(manifest: Manifest, garbage: list[ChunkRecord]) -> dict[bytes, tuple[str, ...]]:
+    """Packs every chunk of which is garbage, with the providers holding them."""
+    garbage_in: Counter[bytes] = Counter(c.pack for c in garbage if c.pack is not None)
+    labels = {c.pack: c.providers for c in garbage if c.pack is not None}
+    counts = manifest.pack_chunk_counts(garbage_in)
+    return {pack_id: labels[pack_id] for pack_id, n in garbage_in.items()
+            if counts.get(pack_id, 0) <= n}
+
+
+def _delete(repo: Repository, labels: tuple[str, ...], key: str, progress: Progress) -> None:
+    """Delete one object from each of ``labels`` still configured."""
+    for label in labels:
+        provider = repo.providers.get(label)
+        if provider is not None:
+            with_retries(f"deleting from provider '{label}'", provider.delete, key)
+        progress.advance(files=1)
 
 
 def _when(timestamp: float) -> str:

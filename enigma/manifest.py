@@ -34,6 +34,10 @@ class ChunkRecord:
     providers: tuple[str, ...]
     refcount: int = 0
     created_at: float = 0.0
+    #: The pack object holding the chunk on every provider of ``providers`` (at ``offset``,
+    #: ``stored_size`` bytes long), or None for a chunk stored as an object of its own.
+    pack: bytes | None = None
+    offset: int = 0
 
 
 @dataclass
@@ -232,16 +236,27 @@ _MIGRATION_1 = _sql(
     "CREATE INDEX object_chunks_chunk ON object_chunks(chunk_id)",
 )
 
+# Version 2: small chunks live in pack objects (``enigma.packs``). A chunk's pack is the
+# same on every provider it is on; gc finds the packs nothing points at through the index.
+_MIGRATION_2 = _sql(
+    "ALTER TABLE chunks ADD COLUMN pack BLOB",
+    "ALTER TABLE chunks ADD COLUMN pack_offset INTEGER NOT NULL DEFAULT 0",
+    "CREATE INDEX chunks_pack ON chunks(pack) WHERE pack IS NOT NULL",
+)
+
 #: Applied in order; migration ``i`` (0-based) brings the schema to version ``i + 1``.
 #: Append only: never edit a migration that has shipped.
-MIGRATIONS: tuple[_Migration, ...] = (_MIGRATION_1,)
+MIGRATIONS: tuple[_Migration, ...] = (_MIGRATION_1, _MIGRATION_2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 #: Bound on ``?`` parameters per ``IN (...)`` list: far below SQLite's limit, and keeps
 #: statements small enough to be cheap to prepare.
 _BATCH = 500
 
-_CHUNK_COLUMNS = "c.id, c.size, c.stored_size, c.compression, c.key_id, c.refcount, c.created_at"
+_CHUNK_COLUMNS = (
+    "c.id, c.size, c.stored_size, c.compression, c.key_id, c.refcount, c.created_at, c.pack,"
+    " c.pack_offset"
+)
 _FILE_COLUMNS = (
     "f.id, f.path, f.type, f.size, f.mode, f.mtime_ns, f.target, f.uid, f.gid, f.inode, f.ctime_ns"
 )
@@ -287,7 +302,7 @@ def _prefix_upper_bound(prefix: str) -> str | None:
 
 def _chunk_from_rows(rows: list[sqlite3.Row | tuple]) -> ChunkRecord:
     first = rows[0]
-    providers = tuple(sorted(r[7] for r in rows if r[7] is not None))
+    providers = tuple(sorted(r[9] for r in rows if r[9] is not None))
     return ChunkRecord(
         id=bytes(first[0]),
         size=first[1],
@@ -297,6 +312,8 @@ def _chunk_from_rows(rows: list[sqlite3.Row | tuple]) -> ChunkRecord:
         providers=providers,
         refcount=first[5],
         created_at=first[6],
+        pack=None if first[7] is None else bytes(first[7]),
+        offset=first[8],
     )
 
 
@@ -699,21 +716,26 @@ class Manifest:
         """Record chunks that are fully stored; known ones only gain new locations.
 
         ``refcount`` of the records is ignored: references are counted by ``add_files`` and
-        ``put_object`` so the count can never disagree with the rows that reference it.
+        ``put_object`` so the count can never disagree with the rows that reference it. A
+        location is only added where the known record's object is the same (both whole
+        objects, or both in the same pack): a second copy sitting in another pack is not
+        where the record says the chunk is.
         """
         with self._write() as conn:
             conn.executemany(
-                "INSERT OR IGNORE INTO chunks"
-                " (id, size, stored_size, compression, key_id, refcount, created_at)"
-                " VALUES (?, ?, ?, ?, ?, 0, ?)",
+                "INSERT OR IGNORE INTO chunks (id, size, stored_size, compression, key_id,"
+                " refcount, created_at, pack, pack_offset) VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?)",
                 (
-                    (bytes(r.id), r.size, r.stored_size, r.compression, r.key_id, r.created_at)
+                    (bytes(r.id), r.size, r.stored_size, r.compression, r.key_id, r.created_at,
+                     None if r.pack is None else bytes(r.pack), r.offset)
                     for r in records
                 ),
             )
             conn.executemany(
-                "INSERT OR IGNORE INTO chunk_locations (chunk_id, provider) VALUES (?, ?)",
-                ((bytes(r.id), p) for r in records for p in r.providers),
+                "INSERT OR IGNORE INTO chunk_locations (chunk_id, provider)"
+                " SELECT ?, ? WHERE (SELECT pack FROM chunks WHERE id = ?) IS ?",
+                ((bytes(r.id), p, bytes(r.id), None if r.pack is None else bytes(r.pack))
+                 for r in records for p in r.providers),
             )
 
     def delete_chunks(self, ids: list[bytes]) -> None:
@@ -737,7 +759,9 @@ class Manifest:
 
         ``updates`` are ``(chunk id, provider labels)``; the caller has stored the objects
         on the new providers first. An unknown chunk id (gc dropped it meanwhile) is
-        skipped, so no location is ever recorded for a chunk that is not there.
+        skipped, so no location is ever recorded for a chunk that is not there. The chunk
+        lives as objects of its own afterwards: repair takes a damaged chunk out of its
+        pack by writing it whole on every provider.
         """
         with self._write() as conn:
             for chunk_id, labels in updates:
@@ -745,6 +769,8 @@ class Manifest:
                 if conn.execute("SELECT 1 FROM chunks WHERE id = ?", (chunk_id,)).fetchone() \
                         is None:
                     continue
+                conn.execute("UPDATE chunks SET pack = NULL, pack_offset = 0 WHERE id = ?",
+                             (chunk_id,))
                 conn.execute("DELETE FROM chunk_locations WHERE chunk_id = ?", (chunk_id,))
                 conn.executemany(
                     "INSERT OR IGNORE INTO chunk_locations (chunk_id, provider) VALUES (?, ?)",
@@ -981,6 +1007,19 @@ class Manifest:
                     f"SELECT id FROM chunks WHERE id IN ({_marks(len(batch))})", batch
                 ).fetchall()
             found.update(bytes(r[0]) for r in rows)
+        return found
+
+    def pack_chunk_counts(self, pack_ids: Iterable[bytes]) -> dict[bytes, int]:
+        """How many chunk records point into each of ``pack_ids``; a pack nothing points
+        at is absent (gc deletes it, check calls it an orphan)."""
+        wanted = [bytes(i) for i in pack_ids]
+        found: dict[bytes, int] = {}
+        for batch in _batches(wanted):
+            with self._read() as conn:
+                rows = conn.execute(
+                    "SELECT pack, count(*) FROM chunks INDEXED BY chunks_pack"
+                    f" WHERE pack IN ({_marks(len(batch))}) GROUP BY pack", batch).fetchall()
+            found.update((bytes(r[0]), r[1]) for r in rows)
         return found
 
     def iter_chunk_ids(self) -> Iterator[bytes]:

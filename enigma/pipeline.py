@@ -21,6 +21,9 @@ from enigma import erasure
 from enigma.chunkstore import ChunkStore, StoredChunk, chunk_key, with_retries
 from enigma.errors import StorageError
 from enigma.manifest import ChunkRecord
+from enigma.packer import Member, Packer
+from enigma.packs import PACK_CHUNK_LIMIT
+from enigma.plugins.distribution import redundancy_of
 from enigma.telemetry import TELEMETRY
 
 T = TypeVar("T")
@@ -122,10 +125,17 @@ class ChunkUploader:
 
     def __init__(self, store: ChunkStore, *, workers: int | None = None,
                  upload_threads: int | None = None,
-                 budget: int = DEFAULT_BUDGET, prefilter: bool = True) -> None:
+                 budget: int = DEFAULT_BUDGET, prefilter: bool = True,
+                 pack_size: int = 0) -> None:
         """``prefilter=False`` asks the manifest about every chunk instead of using a
         snapshot of its ids taken now: right for a long-running server, whose snapshot
-        would go stale as backups and uploads add chunks."""
+        would go stale as backups and uploads add chunks.
+
+        ``pack_size`` > 0 puts chunks sealed smaller than ``PACK_CHUNK_LIMIT`` into pack
+        objects of about that many bytes (``enigma.packer``), except under an erasure
+        policy, whose shards are objects of their own. A pack is shipped when full or
+        when no chunk is left being processed, so a caller waiting on a future never
+        waits for more input."""
         self.store = store
         store.distribution  # noqa: B018 - a policy that cannot place chunks fails now, once
         self.manifest = store.manifest
@@ -143,6 +153,12 @@ class ChunkUploader:
         self.maybe_stored: dict[str, set[str]] = {}
         #: Placements not uploaded because a whole object was already there.
         self.reused = 0
+        self.packer: Packer | None = None
+        if pack_size > 0 and not redundancy_of(store.distribution).erasure:
+            self.packer = Packer(lambda i, p: store.sealer.seal(i, p), self._ship_pack,
+                                 target=pack_size)
+        #: Groups submitted to the CPU pool and not finished: 0 means the pipeline is idle.
+        self._busy = 0
 
     def submit(self, data: bytes | memoryview) -> Future[StoredChunk]:
         """Queue one chunk; see ``submit_many``."""
@@ -172,8 +188,21 @@ class ChunkUploader:
 
         for future in futures:
             future.add_done_callback(release)
-        self.cpu.submit(self._process, items, futures)
+        with self._lock:
+            self._busy += 1
+        self.cpu.submit(self._process_group, items, futures)
         return futures
+
+    def _process_group(self, items: list[Chunkish], futures: list[Future[StoredChunk]]
+                       ) -> None:
+        try:
+            self._process(items, futures)
+        finally:
+            with self._lock:
+                self._busy -= 1
+                idle = self._busy == 0
+            if idle and self.packer is not None:
+                self.packer.flush()
 
     def _claim(self, chunk_id: bytes, result: Future[StoredChunk]
                ) -> tuple[bool, Future[StoredChunk] | None]:
@@ -216,6 +245,9 @@ class ChunkUploader:
                     continue
                 record, sealed = self.store.seal(chunk_id, data)
                 completion = _Completion(self, record, result)
+                if self.packer is not None and not inline and len(sealed) < PACK_CHUNK_LIMIT:
+                    self.packer.add(record, sealed, completion)
+                    continue
                 # The sealed chunk for each copy, or (Erasure) each provider's own shard.
                 for label, blob in self.store.placements(record, sealed):
                     groups.setdefault(label, []).append((chunk_key(chunk_id), blob,
@@ -269,6 +301,22 @@ class ChunkUploader:
                 completion.failed(exc)
             else:
                 completion.stored()
+
+    def _ship_pack(self, labels: tuple[str, ...], key: str, blob: bytes,
+                   members: list[Member]) -> None:
+        for label in labels:
+            self.uploads[label].submit(self._put_pack, label, key, blob, members)
+
+    def _put_pack(self, label: str, key: str, blob: bytes, members: list[Member]) -> None:
+        try:
+            with_retries(f"storing on provider '{label}'", self.store.providers[label].put,
+                         key, blob)
+        except BaseException as exc:  # handed to every chunk waiting for the pack
+            for member in members:
+                member.failed(exc)
+        else:
+            for member in members:
+                member.stored()
 
     def _duplicate(self, chunk_id: bytes, size: int, earlier: Future[StoredChunk] | None,
                    result: Future[StoredChunk]) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from enigma import crypto
-from enigma.chunkstore import ChunkStore, stored_chunks, with_retries
+from enigma.chunkstore import ChunkStore, stored_chunks, stored_packs, with_retries
 from enigma.errors import (
     AuthError,
     ConfigError,
@@ -32,6 +32,7 @@ from enigma.errors import (
 from enigma.fsutil import fsync_dir
 from enigma.interfaces import StorageProvider
 from enigma.manifest import APPLICATION_ID, SCHEMA_VERSION, ChunkRecord, Manifest
+from enigma.packs import pack_key, read_index
 from enigma.progress import NO_PROGRESS, Progress
 from enigma.recovery import (
     KEYSTORE_OBJECT,
@@ -322,7 +323,8 @@ def install(copy: Path, target: Path) -> None:
 
 def rebuild_chunk_index(repo: Repository, providers: dict[str, StorageProvider],
                         result: RecoverResult, *, progress: Progress = NO_PROGRESS) -> None:
-    """List ``chunks/`` everywhere, authenticate every chunk and record the good ones, so
+    """List ``chunks/`` and ``packs/`` everywhere, authenticate every chunk (a pack's
+    through its sealed index) and record the good ones, so
     new backups deduplicate against them. Chunks that do not authenticate go to
     ``result.damaged``.
 
@@ -331,20 +333,24 @@ def rebuild_chunk_index(repo: Repository, providers: dict[str, StorageProvider],
     counts as good when some copy, or some set of shards, authenticates.
     """
     holders: dict[bytes, list[str]] = {}
+    pack_holders: dict[bytes, list[str]] = {}
     progress.current_file("listing the providers' chunk objects")
     for label, provider in providers.items():
         if label in result.unreachable:
             continue
         try:
             listed = stored_chunks(label, provider)
+            packs = stored_packs(label, provider)
         except EnigmaError as exc:
             result.unreachable[label] = str(exc)
             continue
         for chunk_id in listed:
             holders.setdefault(chunk_id, []).append(label)
+        for pack_id in packs:
+            pack_holders.setdefault(pack_id, []).append(label)
     store = ChunkStore(repo)
     progress.current_file(None)
-    progress.set_totals(files=len(holders))
+    progress.set_totals(files=len(holders) + len(pack_holders))
 
     def check(item: tuple[bytes, list[str]]) -> ChunkRecord | Skip:
         chunk_id, labels = item
@@ -352,32 +358,83 @@ def rebuild_chunk_index(repo: Repository, providers: dict[str, StorageProvider],
                             providers=tuple(labels))
         try:
             sealed = store.fetch_sealed(probe)
-            plain = store.open(chunk_id, sealed, check_id=True)
-            header, _ = crypto.parse_header(sealed)
+            return _authenticated(store, chunk_id, sealed, probe)
         except (EnigmaError, OSError) as exc:
             reason = str(exc).removeprefix(f"chunk {chunk_id.hex()[:12]}: ")
             return Skip(chunk_id.hex(), ", ".join(labels), reason)
-        return ChunkRecord(id=chunk_id, size=len(plain), stored_size=len(sealed),
-                           compression=header.compression, key_id=header.key_id,
-                           providers=tuple(labels), created_at=time.time())
 
     batch: list[ChunkRecord] = []
+
+    def take(outcome: ChunkRecord | Skip) -> None:
+        nonlocal batch
+        if isinstance(outcome, Skip):
+            result.damaged.append(outcome)
+            progress.error(outcome.what, outcome.reason)
+            return
+        progress.advance(bytes=outcome.size)
+        result.chunks += 1
+        batch.append(outcome)
+        if len(batch) >= _ADD_BATCH:
+            store.manifest.add_chunks(batch)
+            batch = []
+
     with ThreadPoolExecutor(max_workers=REBUILD_WORKERS) as pool:
         for outcome in pool.map(check, holders.items()):
-            if isinstance(outcome, Skip):
-                result.damaged.append(outcome)
-                progress.error(outcome.what, outcome.reason)
-                progress.advance(files=1)
-                continue
-            progress.advance(files=1, bytes=outcome.size)
-            result.chunks += 1
-            batch.append(outcome)
-            if len(batch) >= _ADD_BATCH:
-                store.manifest.add_chunks(batch)
-                batch = []
+            take(outcome)
+            progress.advance(files=1)
+        for outcomes in pool.map(lambda item: _read_pack(store, *item), pack_holders.items()):
+            for outcome in outcomes:
+                take(outcome)
+            progress.advance(files=1)
     if batch:
         store.manifest.add_chunks(batch)
     result.rebuilt = True
+
+
+def _authenticated(store: ChunkStore, chunk_id: bytes, sealed: bytes,
+                   where: ChunkRecord) -> ChunkRecord:
+    """The record of a sealed chunk that authenticates and matches its id, at ``where``'s
+    providers (and pack); ``EnigmaError`` otherwise."""
+    plain = store.open(chunk_id, sealed, check_id=True)
+    header, _ = crypto.parse_header(sealed)
+    return ChunkRecord(id=chunk_id, size=len(plain), stored_size=len(sealed),
+                       compression=header.compression, key_id=header.key_id,
+                       providers=where.providers, created_at=time.time(),
+                       pack=where.pack, offset=where.offset)
+
+
+def _read_pack(store: ChunkStore, pack_id: bytes, labels: list[str]) -> list[ChunkRecord | Skip]:
+    """Every chunk of a pack that some copy of it holds soundly (a chunk damaged in one
+    copy is taken from the next copy whose index authenticates)."""
+    errors: list[str] = []
+    found: dict[bytes, ChunkRecord] = {}
+    failed: dict[bytes, Skip] = {}
+    for label in labels:
+        try:
+            blob = with_retries(f"reading from provider '{label}'",
+                                store.providers[label].get, pack_key(pack_id))
+            entries = read_index(pack_id, blob, lambda i, s: store.sealer.open(i, s)[1])
+        except (EnigmaError, OSError) as exc:
+            errors.append(f"provider '{label}': {exc}")
+            continue
+        for entry in entries:
+            if entry.chunk_id in found:
+                continue
+            where = ChunkRecord(id=entry.chunk_id, size=0, stored_size=entry.length,
+                                compression="", key_id=0, providers=tuple(labels),
+                                pack=pack_id, offset=entry.offset)
+            sealed = blob[entry.offset:entry.offset + entry.length]
+            try:
+                found[entry.chunk_id] = _authenticated(store, entry.chunk_id, sealed, where)
+                failed.pop(entry.chunk_id, None)
+            except EnigmaError as exc:
+                reason = str(exc).removeprefix(f"chunk {entry.chunk_id.hex()[:12]}: ")
+                failed.setdefault(entry.chunk_id, Skip(entry.chunk_id.hex(), label, reason))
+        if not failed:
+            break
+    if not found and not failed:
+        return [Skip(pack_key(pack_id), ", ".join(labels), "; ".join(errors))]
+    return [*found.values(), *failed.values()]
 
 
 def _reason(exc: BaseException) -> str:

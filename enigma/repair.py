@@ -39,6 +39,9 @@ class ChunkPlan:
     dropped: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     error: str = ""
+    #: A packed chunk being rewritten as whole objects on all its providers (a pack is
+    #: shared with other chunks, so it is never rewritten in place).
+    unpack: bool = False
 
     @property
     def providers(self) -> list[str]:
@@ -112,6 +115,7 @@ def _repair(repo: Repository, store: ChunkStore, dry_run: bool,
         result.objects += len(done)
         if plan.added:
             result.moved += 1
+        if plan.added or plan.unpack:
             updates.append((record.id, plan.providers))
         if plan.error:
             result.failed[record.id.hex()] = plan.error
@@ -142,7 +146,7 @@ def _healthy_providers(repo: Repository) -> list[str]:
 def plan_chunk(store: ChunkStore, record: ChunkRecord, healthy: list[str]) -> ChunkPlan:
     """Read every object of the chunk and decide what to rewrite where (no writes)."""
     plan = ChunkPlan(record)
-    fetched = {f.label: f for f in store.fetch_many(record.id, list(record.providers),
+    fetched = {f.label: f for f in store.fetch_many(record, list(record.providers),
                                                     skip_failing=True)}
     assembler: ChunkAssembler[bytes] = ChunkAssembler(
         record.id, lambda sealed: store.authentic(record.id, sealed))
@@ -154,11 +158,17 @@ def plan_chunk(store: ChunkStore, record: ChunkRecord, healthy: list[str]) -> Ch
         return plan
     if assembler.encoding is None:
         homeless = _plan_copies(store, plan, fetched, assembler.sealed)
+        if record.pack is not None and (plan.writes or homeless):
+            plan.unpack = True
+            plan.writes = [(label, assembler.sealed) for label in record.providers
+                           if label in store.providers]
     else:
         homeless = _plan_shards(plan, fetched, assembler.sealed, assembler.encoding)
     _place_elsewhere(store, plan, homeless, healthy)
     unreachable = [label for label, _blob in plan.writes if store.failing(label)]
     if unreachable:
+        if plan.unpack:  # a packed chunk moves out of its pack everywhere or nowhere
+            plan.writes, plan.added, plan.dropped, plan.unpack = [], [], [], False
         plan.writes = [(label, blob) for label, blob in plan.writes if label not in unreachable]
         plan.error = plan.error or (f"provider(s) {', '.join(unreachable)} unreachable "
                                     "(take a dead one out of the config to move its share)")
@@ -256,6 +266,7 @@ def apply_plan(store: ChunkStore, plan: ChunkPlan) -> None:
             continue
         done.append((label, blob))
     if errors:
+        plan.unpack = False  # the pack stays where the record says; the new objects are orphans
         failed = {label for label, _blob in plan.writes} - {label for label, _blob in done}
         plan.added = [label for label in plan.added if label not in failed]
         plan.dropped = plan.dropped[:len(plan.added)]

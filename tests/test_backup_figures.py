@@ -21,13 +21,16 @@ RANDOM_SIZE = 3_000_000
 
 
 def faulty_repo(tmp_path: Path, **faults: float) -> tuple[Enigma, Path]:
-    """A repository on one ``Faulty`` provider (fault journal beside it), compression on."""
+    """A repository on one ``Faulty`` provider (fault journal beside it), compression on.
+
+    Faults and delays are drawn per chunk object, so every chunk is an object of its own
+    (``pack_size = 0``; packs are covered in tests/test_packs.py)."""
     runner = Enigma(tmp_path / "config")
     journal = tmp_path / "faults.log"
     runner.config_dir.mkdir()
     options = "".join(f"{name} = {value}\n" for name, value in faults.items())
     (runner.config_dir / "enigma.toml").write_text(
-        "[enigma]\n[enigma.compression]\nenabled = true\n\n"
+        "[enigma]\npack_size = 0\n[enigma.compression]\nenabled = true\n\n"
         f'[[providers]]\nname = "flaky"\ntype = "Faulty"\npath = "{tmp_path / "store"}"\n'
         f'seed = 5\njournal = "{journal}"\n{options}')
     runner.ok("init")

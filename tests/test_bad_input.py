@@ -131,6 +131,11 @@ def test_restore_refuses_non_empty_destination(enigma: Enigma, tmp_path: Path) -
 @pytest.mark.parametrize("damage", ["flip", "delete"])
 def test_damaged_chunk_is_named_and_the_rest_restores(enigma: Enigma, tmp_path: Path,
                                                       damage: str) -> None:
+    # pack_size = 0: the victim's chunk is an object of its own, damaged alone (a damaged
+    # pack is covered in tests/test_packs.py).
+    config = enigma.config_dir / "enigma.toml"
+    config.write_text(config.read_text().replace("[enigma]\n", "[enigma]\npack_size = 0\n", 1))
+    assert "pack_size = 0" in config.read_text()
     source = tmp_path / "src"
     source.mkdir()
     (source / "victim.bin").write_bytes(os.urandom(50_000))
@@ -203,7 +208,7 @@ def test_disk_full_during_backup_then_resume(tmp_path: Path, tiny_disk: Path) ->
     assert not [p for p in tiny_disk.rglob(".tmp-*")]  # no partial chunk object
     # Room again: a re-run completes without re-uploading what is stored; restore is exact.
     subprocess.run(["mount", "-o", "remount,size=16m", str(tiny_disk)], check=True)
-    again = json.loads(runner.ok("backup", "--json", str(source)).out)
+    again = json.loads(runner.ok("backup", "--json", str(source)).out.splitlines()[-1])
     assert again["status"] == "complete"
     assert again["stats"]["chunks_new"] < again["stats"]["chunks"]
     dest = tmp_path / "out"

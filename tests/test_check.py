@@ -55,6 +55,15 @@ def put_gateway_object(config_dir: Path, bucket: str, key: str, data: bytes) -> 
         return stored.chunk_id
 
 
+def without_packs(config_dir: Path) -> None:
+    """Every chunk its own object (``pack_size = 0``): these tests damage one chunk's
+    object at a time; damaged, lost and orphan packs are covered in tests/test_packs.py."""
+    config = config_dir / "enigma.toml"
+    text = config.read_text()
+    assert "[enigma]\n" in text and "pack_size" not in text
+    config.write_text(text.replace("[enigma]\n", "[enigma]\npack_size = 0\n", 1))
+
+
 def file_chunks(config_dir: Path, backup_id: str, path_suffix: str) -> list[bytes]:
     """The chunk ids of the one file whose path ends with ``path_suffix``."""
     with Manifest(config_dir / "manifest.db") as manifest:
@@ -86,9 +95,11 @@ def damaged(tmp_path: Path) -> dict[str, Any]:
     """A backed-up tree and a gateway object, then four kinds of damage on local disk."""
     enigma = Enigma(tmp_path / "config")
     enigma.ok("init")
+    without_packs(enigma.config_dir)
     source = make_tree(tmp_path / "src")
     (source / "more.bin").write_bytes(random.Random(5).randbytes(200_000))
-    backup_id = json.loads(enigma.ok("backup", "--json", str(source)).out)["backup_id"]
+    summary = enigma.ok("backup", "--json", str(source)).out.splitlines()[-1]
+    backup_id = json.loads(summary)["backup_id"]
     object_chunk = put_gateway_object(enigma.config_dir, "photos", "2024/cat.jpg",
                                       random.Random(6).randbytes(50_000))
     clean = check_json(enigma, "--read-data", ok=True)
@@ -200,7 +211,9 @@ def test_check_against_a_real_s3_server(tmp_path: Path) -> None:
         enigma = Enigma(tmp_path / "config")
         enigma.config_dir.mkdir()
         (enigma.config_dir / "enigma.toml").write_text(
-            f'[enigma]\ndistribution = "RoundRobin"\n{SMALL_CDC}\n'
+            # pack_size = 0: one object per chunk, damaged one at a time (packs are
+            # covered in tests/test_packs.py).
+            f'[enigma]\ndistribution = "RoundRobin"\npack_size = 0\n{SMALL_CDC}\n'
             + s3.providers_toml("s3", "enigma-check")
             + f'[[providers]]\nname = "disk"\ntype = "Local"\npath = "{tmp_path / "disk"}"\n')
         enigma.ok("init")

@@ -10,13 +10,43 @@ from pathlib import Path
 from helpers import (
     Enigma,
     assert_clean_error,
-    chunk_files,
     make_tree,
     restored_root,
     snapshot,
 )
 
+from enigma.chunkstore import chunk_key
+from enigma.manifest import ChunkRecord, Manifest
+from enigma.packs import pack_key
+
 BIG = 101 * 1024 * 1024  # "a file larger than 100 MiB"
+
+
+def stored_objects(root: Path) -> list[Path]:
+    """Every chunk object and pack object under a Local provider's directory (small
+    chunks are stored many to a pack object by default, see tests/test_packs.py)."""
+    return sorted(p for prefix in ("chunks", "packs") for p in (root / prefix).rglob("*")
+                  if p.is_file())
+
+
+def chunk_records(config_dir: Path) -> list[ChunkRecord]:
+    with Manifest(config_dir / "manifest.db") as manifest:
+        return list(manifest.iter_chunks())
+
+
+def assert_store_matches_manifest(store: Path, rows: list[ChunkRecord]) -> None:
+    """The objects on disk are exactly the manifest's: one per unpacked chunk, one per pack."""
+    expected = {chunk_key(r.id) if r.pack is None else pack_key(r.pack) for r in rows}
+    assert {p.relative_to(store).as_posix() for p in stored_objects(store)} == expected
+
+
+def sealed_chunk(store: Path, record: ChunkRecord) -> bytes:
+    """A chunk's sealed bytes: its own object, or its slice of its pack."""
+    if record.pack is None:
+        return (store / chunk_key(record.id)).read_bytes()
+    with open(store / pack_key(record.pack), "rb") as pack:
+        pack.seek(record.offset)
+        return pack.read(record.stored_size)
 
 
 def test_round_trip_mixed_tree_bit_exact(enigma: Enigma, tmp_path: Path) -> None:
@@ -37,22 +67,31 @@ def test_round_trip_mixed_tree_bit_exact(enigma: Enigma, tmp_path: Path) -> None
     enigma.ok("restore", backup_id, str(dest))
     assert snapshot(restored_root(dest, source)) == snapshot(source)
 
+    # The big file's chunks are objects of their own, the small files' chunks are packed.
+    store = enigma.config_dir / "storage"
+    rows = chunk_records(enigma.config_dir)
+    assert_store_matches_manifest(store, rows)
+    objects_before = stored_objects(store)
+    chunks_before = len(rows)
+    packs_before = {r.pack for r in rows if r.pack is not None}
+    assert packs_before and any(r.pack is None for r in rows)
+
     # Dedup: the duplicated 300 kB file and the second backup add no new chunks.
-    chunks_before = len(chunk_files(enigma.config_dir))
     second = enigma.ok("backup", "--json", str(source))
     stats = json.loads(second.out)["stats"]
     assert stats["chunks_new"] == 0 and stats["bytes_stored"] == 0
-    assert len(chunk_files(enigma.config_dir)) == chunks_before
+    assert stored_objects(store) == objects_before
+    assert len(chunk_records(enigma.config_dir)) == chunks_before
 
     # gc keeps everything while a backup uses it, then frees the chunks after forget.
     assert "deleted 0 unreferenced" in enigma.ok("gc").out
     enigma.ok("forget", backup_id)
     enigma.ok("forget", json.loads(second.out)["backup_id"])
-    dry = enigma.ok("gc", "--dry-run", "--json")
-    assert json.loads(dry.out)["chunks"] == chunks_before
-    assert len(chunk_files(enigma.config_dir)) == chunks_before
+    dry = json.loads(enigma.ok("gc", "--dry-run", "--json").out)
+    assert (dry["chunks"], dry["packs"]) == (chunks_before, len(packs_before))
+    assert stored_objects(store) == objects_before
     enigma.ok("gc")
-    assert chunk_files(enigma.config_dir) == []
+    assert stored_objects(store) == []
     assert json.loads(enigma.ok("status", "--json").out)["chunks"] == 0
 
 
@@ -103,8 +142,12 @@ def test_compression_and_key_rotation_keep_old_chunks_readable(tmp_path: Path) -
         dest = tmp_path / f"out-{backup['backup_id']}"
         enigma.ok("restore", backup["backup_id"], str(dest))
         assert snapshot(restored_root(dest, src)) == snapshot(src)
-    headers = {p.read_bytes()[5:9] for p in chunk_files(enigma.config_dir)}
+    # Each stored chunk (whole object or slice of a pack) names the key it is sealed under.
+    rows = chunk_records(enigma.config_dir)
+    store = enigma.config_dir / "storage"
+    headers = {sealed_chunk(store, r)[5:9] for r in rows}
     assert headers == {(1).to_bytes(4, "big"), (2).to_bytes(4, "big")}
+    assert all(sealed_chunk(store, r)[5:9] == r.key_id.to_bytes(4, "big") for r in rows)
     assert enigma.ok("key", "list").out.split() == ["1", "2", "(current)"]
 
 
@@ -127,7 +170,9 @@ def test_status_config_and_plugins(enigma: Enigma, tmp_path: Path) -> None:
     assert status["backups"] == 1
     (provider,) = status["providers"]
     assert provider["name"] == "local" and provider["reachable"]
-    assert provider["chunks"] == status["chunks"] == len(chunk_files(enigma.config_dir))
+    rows = chunk_records(enigma.config_dir)
+    assert provider["chunks"] == status["chunks"] == len(rows) > 0
+    assert_store_matches_manifest(enigma.config_dir / "storage", rows)
     assert "reachable" in enigma.ok("status").out
 
     config = json.loads(enigma.ok("config", "--json").out)
@@ -152,7 +197,7 @@ def test_encrypt_cred_is_decrypted_transparently(enigma: Enigma, tmp_path: Path)
     enigma.ok("init")
     source = make_tree(tmp_path / "src")
     backup_id = enigma.ok("backup", str(source)).out.strip()
-    assert any(storage.rglob("chunks/*/*"))
+    assert stored_objects(storage)
     config_out = enigma.ok("config").out
     assert str(storage) not in config_out
     dest = tmp_path / "out"
@@ -165,8 +210,9 @@ def test_encrypt_cred_is_decrypted_transparently(enigma: Enigma, tmp_path: Path)
 def test_round_robin_spreads_chunks_over_local_providers(tmp_path: Path) -> None:
     enigma = Enigma(tmp_path / "config")
     enigma.config_dir.mkdir()
+    # Counts each chunk's own object per provider: packs (tests/test_packs.py) are off.
     (enigma.config_dir / "enigma.toml").write_text(
-        '[enigma]\ndistribution = "Weighted"\n'
+        '[enigma]\ndistribution = "Weighted"\npack_size = 0\n'
         '[enigma.chunk_strategy.Cdc]\nmin_size = 4096\navg_size = 16384\nmax_size = 65536\n'
         + "".join(f'[[providers]]\nname = "d{i}"\ntype = "Local"\npath = "{tmp_path}/d{i}"\n'
                   f'weight = {w}\n' for i, w in enumerate((2, 1, 1))))

@@ -35,6 +35,7 @@ def test_seed_example_parses_completely(tmp_path: Path) -> None:
     assert config.key_provider == "local" and config.key_options == {
         "keyfile_path": "keystore.enc"}
     assert config.db_path == tmp_path / "manifest.db"
+    assert config.enigma["pack_size"] == 4 and config.pack_size == 4 << 20  # MiB
     assert config.server_options("raft")["peers"][0] == {"id": 2, "addr": "10.0.0.2:7000"}
 
 

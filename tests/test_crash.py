@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from crash_support import CrashRig, chunk_objects, count_chunks, kill_when, scan_manifest
+from crash_support import (
+    CrashRig,
+    count_objects,
+    kill_when,
+    scan_manifest,
+    stored_objects,
+    summary_of,
+)
 from helpers import Enigma, assert_clean_error, make_tree, restored_root, snapshot
 
 SEED = 20260901
@@ -39,34 +46,49 @@ def test_backup_killed_at_random_moments(tmp_path: Path) -> None:
         results.append(result)
     mid_upload = [r for r in results if r.killed and r.stored_at_kill > 0]
     assert len(mid_upload) >= 10, results  # the kills really landed mid-backup
-    assert sum(r.resumed for r in results) > 0  # and stored-but-unrecorded chunks were reused
-    check = rig.enigma.ok("check", "--json")
-    assert json.loads(check.out)["ok"]
+    # Packs are on and every chunk of the rig is packed: kills came between a pack's
+    # upload and its record, and no re-run reused such a pack (trial checks that each
+    # re-run wrote exactly its own packs), so they are orphans now, and gc takes exactly
+    # them. Resuming single chunk objects: test_resumed_backup_reuses_unrecorded_objects.
+    left = sum(r.left_packs for r in results)
+    assert left > 0, results
+    assert sum(r.resumed for r in results) == 0, results
+    check = json.loads(rig.enigma.ok("check", "--json").out)
+    assert check["ok"]
+    assert len(check["orphans"].get("local", [])) == left, (left, check["orphans"])
+    gc = json.loads(rig.enigma.ok("gc", "--json").out)
+    assert (gc["chunks"], gc["packs"], gc["orphans"]) == (0, 0, left), gc
+    assert json.loads(rig.enigma.ok("check", "--json").out)["orphans"] == {}
 
 
 def test_resumed_backup_reuses_unrecorded_objects(tmp_path: Path) -> None:
     """The exact resume path: kill after some objects are stored, before any is recorded."""
-    rig = CrashRig(tmp_path / "rig", SEED + 1)
+    # Single chunk objects are what a resumed backup reuses; leftover packs are not reused
+    # (test_backup_killed_at_random_moments, tests/test_packs.py): no packs here.
+    rig = CrashRig(tmp_path / "rig", SEED + 1, pack_size=0)
     rig.backup()
     rig.mutate()
-    before = count_chunks(rig.enigma.config_dir)
+    before = count_objects(rig.enigma.config_dir)
     proc = rig.start("backup", str(rig.source))
-    assert kill_when(proc, lambda: count_chunks(rig.enigma.config_dir) >= before + 5, 60)
-    stored = count_chunks(rig.enigma.config_dir) - before
-    objects = chunk_objects(rig.enigma.config_dir)
+    assert kill_when(proc, lambda: count_objects(rig.enigma.config_dir) >= before + 5, 60)
+    stored = count_objects(rig.enigma.config_dir) - before
+    objects = stored_objects(rig.enigma.config_dir)
     again = rig.backup()
     assert again["status"] == "complete"
-    after = chunk_objects(rig.enigma.config_dir)
+    after = stored_objects(rig.enigma.config_dir)
     assert all(after[k] == v for k, v in objects.items()), "a stored object was rewritten"
     # Whatever the killed run stored is either recorded (a plain duplicate now) or reused.
     assert again["stats"]["chunks_resumed"] <= stored
-    assert count_chunks(rig.enigma.config_dir) - before == (
+    assert count_objects(rig.enigma.config_dir) - before == (
         stored + again["stats"]["chunks_new"] - again["stats"]["chunks_resumed"])
     assert not rig.restore_problems(again["backup_id"], tmp_path / "out")
 
 
 def test_gc_killed_midway(tmp_path: Path) -> None:
-    rig = CrashRig(tmp_path / "rig", SEED + 2)
+    # Killed between deletions of single chunk objects: with packs, a forgotten backup's
+    # chunks share packs with kept ones and no object would go. gc of packs:
+    # tests/test_packs.py.
+    rig = CrashRig(tmp_path / "rig", SEED + 2, pack_size=0)
     rng = random.Random(SEED)
     for trial in range(2):
         old = rig.backup()
@@ -74,10 +96,10 @@ def test_gc_killed_midway(tmp_path: Path) -> None:
         keep = rig.backup()
         expected = snapshot(rig.source)
         rig.enigma.ok("forget", old["backup_id"])
-        total = count_chunks(rig.enigma.config_dir)
+        total = count_objects(rig.enigma.config_dir)
         target = total - rng.randint(0, 30)  # 0: before any object is deleted
         proc = rig.start("gc")
-        killed = kill_when(proc, lambda t=target: count_chunks(rig.enigma.config_dir) <= t, 60)
+        killed = kill_when(proc, lambda t=target: count_objects(rig.enigma.config_dir) <= t, 60)
         assert not scan_manifest(rig.enigma.config_dir), trial
         check = rig.enigma.ok("check", "--json")
         assert json.loads(check.out)["ok"], (trial, killed)
@@ -108,18 +130,18 @@ def test_two_concurrent_backups_both_restore(tmp_path: Path) -> None:
         assert proc.returncode == 0, err
     for tree, (out, _err) in zip(trees, outputs, strict=True):
         dest = tmp_path / f"out-{tree.name}"
-        enigma.ok("restore", json.loads(out)["backup_id"], str(dest))
+        enigma.ok("restore", summary_of(out)["backup_id"], str(dest))
         assert snapshot(restored_root(dest, tree)) == snapshot(tree)
     assert json.loads(enigma.ok("check", "--json").out)["ok"]
 
 
 def test_gc_beside_a_running_backup_is_refused(tmp_path: Path) -> None:
     rig = CrashRig(tmp_path / "rig", SEED + 3)
-    before = count_chunks(rig.enigma.config_dir)
+    before = count_objects(rig.enigma.config_dir)
     proc = rig.start("backup", str(rig.source))
     refused = None
     while proc.poll() is None:
-        if count_chunks(rig.enigma.config_dir) > before:
+        if count_objects(rig.enigma.config_dir) > before:
             refused = rig.enigma("gc")
             break
         time.sleep(0.001)
@@ -142,9 +164,10 @@ def test_gc_beside_a_running_backup_is_refused(tmp_path: Path) -> None:
 def test_gc_runs_after_a_killed_backup(tmp_path: Path) -> None:
     """flock locks belong to open files: the kernel drops a SIGKILLed holder's lock."""
     rig = CrashRig(tmp_path / "rig", SEED + 4)
-    before = count_chunks(rig.enigma.config_dir)
+    before = count_objects(rig.enigma.config_dir)
     proc = rig.start("backup", str(rig.source))
-    assert kill_when(proc, lambda: count_chunks(rig.enigma.config_dir) > before + 3, 60)
+    # Any new object (with packs, a backup this size stores only a few) means it is midway.
+    assert kill_when(proc, lambda: count_objects(rig.enigma.config_dir) > before, 60)
     gc = rig.enigma.ok("gc", "--json")
     assert json.loads(gc.out)["stale_backups"], gc.out  # the killed one, now known dead
     assert json.loads(rig.enigma.ok("check", "--json").out)["ok"]

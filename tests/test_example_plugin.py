@@ -39,6 +39,10 @@ from helpers import PASSPHRASE, file_digest, make_tree, restored_root, snapshot
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from enigma.chunkstore import chunk_key
+from enigma.manifest import Manifest
+from enigma.packs import pack_key
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "plugin-flatdir"
 EXAMPLE_DIST = "enigma-storage-flatdir"
@@ -198,8 +202,16 @@ def test_backup_and_restore_through_the_example_storage(fresh: FreshEnv,
 
     entries = list(drive.iterdir())
     assert entries and all(p.is_file() for p in entries), "flatdir made a sub-directory"
-    chunk_names = [p.name for p in entries if p.name.startswith("chunks%2F")]
-    assert len(chunk_names) == result["stats"]["chunks_new"]
+    # One object per chunk of the big file, one per pack of small chunks (the default,
+    # tests/test_packs.py): both kinds of object are stored and read through the plugin.
+    with Manifest(config_dir / "manifest.db") as manifest:
+        rows = list(manifest.iter_chunks())
+    assert len(rows) == result["stats"]["chunks_new"]
+    expected = {(chunk_key(r.id) if r.pack is None else pack_key(r.pack)).replace("/", "%2F")
+                for r in rows}
+    stored = {p.name for p in entries if p.name.startswith(("chunks%2F", "packs%2F"))}
+    assert stored == expected
+    assert any(r.pack is None for r in rows) and any(r.pack is not None for r in rows)
     assert not (config_dir / "storage").exists(), "chunks went to the default local storage"
 
     fresh.enigma_cmd(config_dir, "verify", result["backup_id"])

@@ -14,7 +14,7 @@ SMALL_CDC = "[enigma.chunk_strategy.Cdc]\nmin_size = 16384\navg_size = 65536\nma
 
 
 def backup(enigma: Enigma, *args: str) -> dict:
-    return json.loads(enigma.ok("backup", "--json", *args).out)
+    return json.loads(enigma.ok("backup", "--json", *args).out.splitlines()[-1])
 
 
 def test_unchanged_files_are_not_read_and_changes_are_found(tmp_path: Path) -> None:

@@ -144,7 +144,9 @@ class Session:
 @pytest.fixture(scope="module")
 def session(tmp_path_factory: pytest.TempPathFactory) -> Session:
     s = Session(tmp_path_factory.mktemp("json"))
-    source = make_tree(s.root / "src")
+    # Packs on (the default): small files go into packs, and the big random file's
+    # full-size chunks are objects of their own, which the damage below needs.
+    source = make_tree(s.root / "src", big_file_size=3_000_000)
     s.run(("init",))
     first = s.run(("backup",), str(source))["backup_id"]
     (source / "added.txt").write_text("new in the second backup\n" * 100)
@@ -171,6 +173,8 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Session:
     s.run(("forget",), "--keep-last", "1", "--prune")
     s.run(("gc",))
     # Damage: one chunk bit-flipped, one deleted; every reporting command names them.
+    # (Single chunk objects, damaged one at a time; damaged packs: tests/test_packs.py.)
+    assert any(p.is_file() for p in (s.store / "packs").rglob("*"))
     chunks = sorted(p for p in (s.store / "chunks").rglob("*") if p.is_file())
     assert len(chunks) >= 2
     data = bytearray(chunks[0].read_bytes())

@@ -123,9 +123,10 @@ def test_retries_are_logged_with_provider_and_attempt(tmp_path: Path) -> None:
     config_dir, journal = tmp_path / "config", tmp_path / "faults"
     config_dir.mkdir()
     # 30 % of chunk puts fail transiently (40 distinct small files, so some do); each retry
-    # is a fresh roll, so every chunk gets through well within the retry budget.
+    # is a fresh roll, so every chunk gets through well within the retry budget. Faults
+    # are drawn per chunk object: packs (tests/test_packs.py) are off.
     (config_dir / "enigma.toml").write_text(
-        '[[providers]]\nname = "flaky"\ntype = "Faulty"\n'
+        '[enigma]\npack_size = 0\n[[providers]]\nname = "flaky"\ntype = "Faulty"\n'
         f'path = "{tmp_path / "store"}"\nseed = 3\nput_error = 0.3\njournal = "{journal}"\n')
     source = make_tree(tmp_path / "src")
     for n in range(40):

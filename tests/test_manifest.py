@@ -113,23 +113,24 @@ def test_migrations_applied_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyP
     path = tmp_path / "m.db"
     Manifest(path).close()
     applied: list[int] = []
+    base = SCHEMA_VERSION
 
-    def migration_2(conn: sqlite3.Connection) -> None:
-        applied.append(2)
+    def migration_next(conn: sqlite3.Connection) -> None:
+        applied.append(base + 1)
         conn.execute("CREATE TABLE extra2 (x)")
 
-    def migration_3(conn: sqlite3.Connection) -> None:
-        applied.append(3)
+    def migration_after(conn: sqlite3.Connection) -> None:
+        applied.append(base + 2)
         conn.execute("INSERT INTO extra2 VALUES (42)")
 
-    monkeypatch.setattr(mod, "MIGRATIONS", (*mod.MIGRATIONS, migration_2, migration_3))
-    monkeypatch.setattr(mod, "SCHEMA_VERSION", 3)
+    monkeypatch.setattr(mod, "MIGRATIONS", (*mod.MIGRATIONS, migration_next, migration_after))
+    monkeypatch.setattr(mod, "SCHEMA_VERSION", base + 2)
     with Manifest(path) as m:
-        assert applied == [2, 3]
-        assert m.schema_version() == 3
+        assert applied == [base + 1, base + 2]
+        assert m.schema_version() == base + 2
         assert m._conn.execute("SELECT x FROM extra2").fetchone()[0] == 42
     with Manifest(path) as m:  # already current: nothing re-runs
-        assert applied == [2, 3]
+        assert applied == [base + 1, base + 2]
 
 
 def test_failed_migration_rolls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -143,12 +144,12 @@ def test_failed_migration_rolls_back(tmp_path: Path, monkeypatch: pytest.MonkeyP
         raise RuntimeError("boom")
 
     monkeypatch.setattr(mod, "MIGRATIONS", (*mod.MIGRATIONS, broken))
-    monkeypatch.setattr(mod, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(mod, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
     with pytest.raises(RuntimeError):
         Manifest(path)
     monkeypatch.undo()
     with Manifest(path) as m:
-        assert m.schema_version() == 1
+        assert m.schema_version() == SCHEMA_VERSION
         assert (
             m._conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'half_done'").fetchone()
             is None

@@ -24,6 +24,10 @@ from servers.azurite import azurite_server
 from servers.gcs import gcs_server
 from servers.s3 import seaweedfs_server
 
+from enigma.chunkstore import chunk_key
+from enigma.manifest import ChunkRecord, Manifest
+from enigma.packs import pack_key
+
 SMALL_CDC = "[enigma.chunk_strategy.Cdc]\nmin_size = 16384\navg_size = 65536\nmax_size = 262144\n"
 
 
@@ -73,7 +77,8 @@ def test_four_providers_spread_restore_verify_gc(clouds: dict[str, Any], tmp_pat
 
     source = make_tree(tmp_path / "src")
     (source / "random.bin").write_bytes(random.Random(3).randbytes(3_000_000))
-    backup = json.loads(enigma.ok("backup", "--json", str(source)).out)
+    # The last line: a run over a second prints status lines first (docs/json.md).
+    backup = json.loads(enigma.ok("backup", "--json", str(source)).out.strip().splitlines()[-1])
     assert backup["status"] == "complete"
 
     status = json.loads(enigma.ok("status", "--json").out)
@@ -89,12 +94,15 @@ def test_four_providers_spread_restore_verify_gc(clouds: dict[str, Any], tmp_pat
     table = enigma.ok("status").out
     assert table.count("reachable") == 4
 
-    # The spread is real: each backend holds exactly the chunks the manifest says.
-    local_chunks = list((tmp_path / "local-store").rglob("chunks/*/*"))
-    assert len(local_chunks) == rows["local"]["chunks"]
-    s3_keys = clouds["s3"].client().list_objects_v2(Bucket=f"enigma-{tag}",
-                                                    Prefix="chunks/")["KeyCount"]
-    assert s3_keys == rows["s3"]["chunks"]
+    # The spread is real: each backend holds exactly the objects the manifest says, chunk
+    # objects and packs (packs are on: a provider's small chunks share a few packs).
+    with Manifest(enigma.config_dir / "manifest.db") as manifest:
+        records = list(manifest.iter_chunks())
+    assert len(records) == total and any(r.pack is not None for r in records)
+    packs = {r.pack for r in records if r.pack is not None}
+    assert local_objects(tmp_path) == objects_of(records, "local")
+    assert s3_objects(clouds, tag) == objects_of(records, "s3")
+    assert len(objects_of(records, "local")) < rows["local"]["chunks"]  # packed: fewer
 
     assert "all good" in enigma.ok("verify", backup["backup_id"]).out
     dest = tmp_path / "out"
@@ -103,12 +111,30 @@ def test_four_providers_spread_restore_verify_gc(clouds: dict[str, Any], tmp_pat
 
     enigma.ok("forget", backup["backup_id"])
     gc = json.loads(enigma.ok("gc", "--json").out)
-    assert gc["chunks"] == total
+    assert (gc["chunks"], gc["packs"], gc["orphans"]) == (total, len(packs), 0)
     after = json.loads(enigma.ok("status", "--json").out)
     assert after["chunks"] == 0
-    assert not list((tmp_path / "local-store").rglob("chunks/*/*"))
-    assert clouds["s3"].client().list_objects_v2(Bucket=f"enigma-{tag}",
-                                                 Prefix="chunks/")["KeyCount"] == 0
+    assert local_objects(tmp_path) == set() == s3_objects(clouds, tag)
+
+
+def objects_of(records: list[ChunkRecord], provider: str) -> set[str]:
+    """What ``provider`` should hold: chunk objects and packs."""
+    return {chunk_key(r.id) if r.pack is None else pack_key(r.pack)
+            for r in records if provider in r.providers}
+
+
+def local_objects(tmp_path: Path) -> set[str]:
+    store = tmp_path / "local-store"
+    return {p.relative_to(store).as_posix() for prefix in ("chunks", "packs")
+            for p in store.glob(f"{prefix}/*/*")}
+
+
+def s3_objects(clouds: dict[str, Any], tag: str) -> set[str]:
+    client = clouds["s3"].client()
+    return {item["Key"] for prefix in ("chunks/", "packs/")
+            for page in client.get_paginator("list_objects_v2").paginate(
+                Bucket=f"enigma-{tag}", Prefix=prefix)
+            for item in page.get("Contents", [])}
 
 
 def test_status_names_an_unreachable_cloud(clouds: dict[str, Any], tmp_path: Path) -> None:

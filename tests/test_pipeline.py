@@ -14,6 +14,7 @@ from enigma.backup import run_backup
 from enigma.chunkstore import ChunkStore, chunk_key
 from enigma.config import parse_config
 from enigma.errors import StorageError
+from enigma.packs import pack_key
 from enigma.plugin_manager import PluginManager
 from enigma.plugins.cdc import CdcChunker
 from enigma.plugins.local_storage import LocalStorage
@@ -84,27 +85,36 @@ def test_file_vanishing_mid_backup_is_logged_and_partial(tmp_path: Path) -> None
     assert ("vanished", f"{source}/b.txt".lstrip("/")) in events
 
 
-def test_storage_failure_leaves_only_stored_chunks_in_the_manifest(tmp_path: Path) -> None:
+# Single objects: the 7th put of 5 files' dozen chunks fails. Packs of 1 MiB: 40 files'
+# 1.6 MB of small chunks fill two packs at least (more if the pipeline idles), the second
+# fails after the first is stored.
+@pytest.mark.parametrize(("pack_size", "files", "fail_at", "prefix"),
+                         [(0, 5, 7, ""), (1, 40, 2, "packs/")], ids=["single", "packs"])
+def test_storage_failure_leaves_only_stored_chunks_in_the_manifest(
+        tmp_path: Path, pack_size: int, files: int, fail_at: int, prefix: str) -> None:
     """Fail the Nth put: the backup is 'failed', and every recorded chunk exists in storage."""
+    failed: list[str] = []
 
     class FlakyStorage(LocalStorage):
         name = "flaky"
         puts = 0
 
         def put(self, key, data):
-            FlakyStorage.puts += 1
-            if FlakyStorage.puts == 7:
-                raise StorageError("simulated permanent failure")
+            if key.startswith(prefix):
+                FlakyStorage.puts += 1
+                if FlakyStorage.puts == fail_at:
+                    failed.append(key)
+                    raise StorageError("simulated permanent failure")
             super().put(key, data)
 
     plugins = PluginManager()
     plugins.register(SimpleNamespace(register_storage_providers=hookimpl(lambda: [FlakyStorage])),
                      "test-flaky")
-    repo = make_repo(tmp_path, plugins=plugins, providers=(
+    repo = make_repo(tmp_path, f"pack_size = {pack_size}", plugins=plugins, providers=(
         f'[[providers]]\nname = "f"\ntype = "flaky"\npath = "{tmp_path}/store"\n'))
     source = tmp_path / "src"
     source.mkdir()
-    for i in range(5):
+    for i in range(files):
         (source / f"{i}.bin").write_bytes(os.urandom(40_000))
     with pytest.raises(StorageError, match="provider 'f': simulated permanent failure"):
         run_backup(repo, [source])
@@ -113,8 +123,12 @@ def test_storage_failure_leaves_only_stored_chunks_in_the_manifest(tmp_path: Pat
     storage = repo.providers["f"]
     recorded = list(repo.manifest.iter_chunks())
     assert recorded, "chunks stored before the failure are recorded"
+    assert all((r.pack is not None) == (pack_size > 0) for r in recorded)
+    store = ChunkStore(repo)
     for record in recorded:
-        assert storage.exists(chunk_key(record.id))
+        key = chunk_key(record.id) if record.pack is None else pack_key(record.pack)
+        assert key != failed[0] and storage.exists(key)
+        store.get(record)  # whole and authentic where the record says (pack and offset)
     for entry in repo.manifest.iter_files(backup.id):
         for ref in entry.chunks:
             assert repo.manifest.has_chunk(ref.chunk_id)

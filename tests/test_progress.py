@@ -178,10 +178,12 @@ class Recorder(Progress):
         self.ended += 1
 
 
-def make_repo(tmp_path: Path) -> Repository:
+def make_repo(tmp_path: Path, *, pack_size: int | None = None) -> Repository:
     config_dir = tmp_path / "config"
     config_dir.mkdir()
-    config = parse_config(f"[enigma]\n{SMALL_CDC}", config_dir, config_dir / "enigma.toml")
+    packs = "" if pack_size is None else f"pack_size = {pack_size}\n"
+    config = parse_config(f"[enigma]\n{packs}{SMALL_CDC}", config_dir,
+                          config_dir / "enigma.toml")
     repo = Repository(config, PluginManager(), lambda confirm: PASSPHRASE)
     repo.create_keys()
     for provider in repo.providers.values():
@@ -237,15 +239,23 @@ def test_each_command_reports_what_it_did(tmp_path: Path) -> None:
     assert repaired.snapshot().files_done == fixed.chunks == fixed.healthy
 
     forget_backups(repo, [result.backup_id, second.backup_id])
+    storage = repo.config.config_dir / "storage"
+    stored = [p for prefix in ("chunks", "packs") for p in (storage / prefix).rglob("*")
+              if p.is_file()]
     collected = Recorder()
     gone = run_gc(repo, progress=collected)
     s = collected.snapshot()
-    assert gone.chunks > 0 and s.files_done == s.files_total == gone.chunks
+    # gc's progress counts objects deleted: single chunk objects and whole packs.
+    assert gone.chunks > 0 and gone.packs > 0
+    assert s.files_done == s.files_total == len(stored)
+    assert not [p for p in stored if p.exists()]
     assert s.bytes_done == gone.bytes and collected.ended == 1
 
 
 def test_a_damaged_file_is_an_error_not_progress(tmp_path: Path) -> None:
-    repo = make_repo(tmp_path)
+    # pack_size = 0: bad.txt's chunk is an object of its own, damaged alone (a damaged
+    # pack is covered in tests/test_packs.py).
+    repo = make_repo(tmp_path, pack_size=0)
     source = tmp_path / "src"
     source.mkdir()
     (source / "good.txt").write_text("good")
@@ -345,13 +355,18 @@ def test_quiet_json_lines_keep_errors_but_no_status() -> None:
 
 
 class SlowRepo:
-    """A repository on one ``Faulty`` provider whose chunk calls sleep (up to ``delay``)."""
+    """A repository on one ``Faulty`` provider whose chunk calls sleep (up to ``delay``).
+
+    ``pack_size = 0``: one slow call per chunk object (Faulty delays only ``chunks/``), so
+    a backup and a restore last long enough to print status lines; packs are covered in
+    tests/test_packs.py."""
 
     def __init__(self, tmp_path: Path) -> None:
         self.enigma = Enigma(tmp_path / "config")
         self.enigma.config_dir.mkdir()
         (self.enigma.config_dir / "enigma.toml").write_text(
-            f'[enigma]\n{SMALL_CDC}\n[[providers]]\nname = "slow"\ntype = "Faulty"\n'
+            f'[enigma]\npack_size = 0\n{SMALL_CDC}\n'
+            '[[providers]]\nname = "slow"\ntype = "Faulty"\n'
             f'path = "{tmp_path / "store"}"\n')
         self.enigma.ok("init")
         self.source = tmp_path / "src"

@@ -25,6 +25,10 @@ pytest.importorskip("enigma_storage_s3", reason="needs plugins/storage-s3")
 from servers import ServerProcess, free_port, wait_until
 from servers.s3 import S3Server, moto_server
 
+from enigma.chunkstore import chunk_key
+from enigma.manifest import Manifest
+from enigma.packs import pack_key
+
 SMALL_CDC = "[enigma.chunk_strategy.Cdc]\nmin_size = 16384\navg_size = 65536\nmax_size = 262144\n"
 SNAPSHOTS = "meta/manifest/"
 
@@ -38,12 +42,12 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 class Repo:
     """A repository on moto + a local directory, and ways to reach into both backends."""
 
-    def __init__(self, moto: S3Server, root: Path, tag: str) -> None:
+    def __init__(self, moto: S3Server, root: Path, tag: str, enigma: str = "") -> None:
         self.moto, self.root = moto, root
         self.bucket = f"recover-{tag}"
         self.local = root / "local-store"
         self.config_dir = root / "config"
-        self.toml = (f"[enigma]\n{SMALL_CDC}\n"
+        self.toml = (f"[enigma]\n{enigma}{SMALL_CDC}\n"
                      + moto.providers_toml("s3", self.bucket)
                      + f'[[providers]]\nname = "local"\ntype = "Local"\npath = "{self.local}"\n')
         self.config_dir.mkdir()
@@ -70,17 +74,17 @@ class Repo:
         assert self.local_keys(SNAPSHOTS) == names
         return names
 
-    def damage(self, key: str, provider: str) -> None:
-        """Flip one byte in the middle of an object."""
+    def damage(self, key: str, provider: str, at: int | None = None) -> None:
+        """Flip one byte of an object: at ``at``, or in the middle."""
         if provider == "local":
             path = self.local / key
             data = bytearray(path.read_bytes())
-            data[len(data) // 2] ^= 0x01
+            data[len(data) // 2 if at is None else at] ^= 0x01
             path.write_bytes(bytes(data))
             return
         client = self.moto.client()
         data = bytearray(client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
-        data[len(data) // 2] ^= 0x01
+        data[len(data) // 2 if at is None else at] ^= 0x01
         client.put_object(Bucket=self.bucket, Key=key, Body=bytes(data))
 
     def copy_object(self, key: str, new_key: str) -> None:
@@ -96,7 +100,8 @@ class Repo:
 
 
 def backup(cli: Enigma, source: Path) -> dict[str, Any]:
-    return json.loads(cli.ok("backup", "--json", str(source)).out)
+    # The last line: a run over a second prints status lines first (docs/json.md).
+    return json.loads(cli.ok("backup", "--json", str(source)).out.strip().splitlines()[-1])
 
 
 def test_lost_machine_recovers_restores_and_stays_incremental(moto: S3Server,
@@ -181,20 +186,34 @@ def test_corrupt_newest_snapshot_falls_back(moto: S3Server, tmp_path: Path) -> N
     assert tree_state(restored_root(dest, source)) == tree_state(source)
 
 
-def test_no_snapshot_left_rebuilds_the_chunk_index(moto: S3Server, tmp_path: Path) -> None:
-    repo = Repo(moto, tmp_path, "rebuild")
+@pytest.mark.parametrize("packed", [False, True], ids=["object", "in-pack"])
+def test_no_snapshot_left_rebuilds_the_chunk_index(moto: S3Server, tmp_path: Path,
+                                                   packed: bool) -> None:
+    # One damaged chunk: a chunk object of its own (no packs), or one chunk inside a pack
+    # whose other chunks and index stay good (more on packs: tests/test_packs.py).
+    repo = Repo(moto, tmp_path, f"rebuild-{'packed' if packed else 'single'}",
+                "" if packed else "pack_size = 0\n")
     repo.cli.ok("init")
     source = make_tree(tmp_path / "src")
     backup(repo.cli, source)
     status = json.loads(repo.cli.ok("status", "--json").out)
     repo.delete(SNAPSHOTS)
-    victim = sorted(repo.local_keys("chunks/"))[0]
-    repo.damage(victim, "local")
+    if packed:
+        with Manifest(repo.config_dir / "manifest.db") as manifest:
+            record = next(r for r in manifest.iter_chunks()
+                          if r.pack is not None and r.providers == ("local",))
+        assert not repo.local_keys("chunks/")  # make_tree's chunks are all small
+        repo.damage(pack_key(record.pack), "local", record.offset + record.stored_size // 2)
+        victim = record.id.hex()
+    else:
+        assert not repo.local_keys("packs/") and not repo.s3_keys("packs/")
+        victim = sorted(repo.local_keys("chunks/"))[0].rsplit("/", 1)[1]
+        repo.damage(chunk_key(bytes.fromhex(victim)), "local")
 
     repo.lose_machine()
     result = repo.cli.ok("recover")
     assert "no usable manifest snapshot" in result.err
-    assert f"skipped chunk {victim.rsplit('/', 1)[1][:12]} (on provider 'local')" in result.err
+    assert f"skipped chunk {victim[:12]} (on provider 'local')" in result.err
     assert f"{status['chunks'] - 1} chunks authenticated, 1 damaged" in result.out
     assert json.loads(repo.cli.ok("list", "--json").out) == []
     assert json.loads(repo.cli.ok("status", "--json").out)["chunks"] == status["chunks"] - 1
@@ -214,6 +233,7 @@ def test_no_snapshot_and_nothing_damaged_uploads_nothing(moto: S3Server,
     source = make_tree(tmp_path / "src")
     backup(repo.cli, source)
     repo.delete(SNAPSHOTS)
+    assert repo.local_keys("packs/") and repo.s3_keys("packs/")  # rebuilt from pack indexes
     repo.lose_machine()
     assert "rebuilt the chunk index" in repo.cli.ok("recover").out
     again = backup(repo.cli, source)

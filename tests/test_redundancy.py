@@ -30,6 +30,7 @@ from enigma.config import parse_config
 from enigma.errors import ConfigError, IntegrityError
 from enigma.interfaces import ProviderSlot
 from enigma.manifest import ChunkRecord, Manifest
+from enigma.packs import pack_key
 from enigma.plugin_manager import PluginManager
 from enigma.plugins.distribution import Erasure, Replicate
 from enigma.repair import run_repair
@@ -301,6 +302,23 @@ def source_tree(tmp_path: Path) -> Path:
     return source
 
 
+def backup(enigma: Enigma, source: Path) -> dict[str, Any]:
+    """``backup --json``'s summary: the last line (a run over a second prints status lines
+    first, docs/json.md)."""
+    return json.loads(enigma.ok("backup", "--json", str(source)).out.strip().splitlines()[-1])
+
+
+def chunk_records(enigma: Enigma) -> list[ChunkRecord]:
+    with Manifest(enigma.config_dir / "manifest.db") as manifest:
+        return list(manifest.iter_chunks())
+
+
+def objects_of(records: list[ChunkRecord], provider: str) -> set[str]:
+    """What ``provider`` should hold: chunk objects (or shards) and packs."""
+    return {chunk_key(r.id) if r.pack is None else pack_key(r.pack)
+            for r in records if provider in r.providers}
+
+
 def restore_exact(enigma: Enigma, backup_id: str, source: Path, dest: Path) -> None:
     enigma.ok("restore", backup_id, str(dest))
     assert snapshot(restored_root(dest, source)) == snapshot(source)
@@ -317,17 +335,25 @@ def test_a_wiped_cloud_loses_nothing(s3: dict[str, S3Server], tmp_path: Path, po
     clouds = three_clouds(s3, "erasure" if erasure_coded else "replicate")
     enigma = repository(tmp_path, policy, clouds)
     source = source_tree(tmp_path)
-    backup_id = json.loads(enigma.ok("backup", "--json", str(source)).out)["backup_id"]
+    backup_id = backup(enigma, source)["backup_id"]
 
     status = json.loads(enigma.ok("status", "--json").out)
     chunks, redundancy = status["chunks"], status["redundancy"]
     assert chunks > 20
     assert redundancy["factor"] == factor and redundancy["survives"] == 1
     assert factor * 0.98 < redundancy["overhead"] < factor * 1.15, redundancy
-    held = {c.name: len(c.keys()) for c in clouds}
-    assert sum(held.values()) == per_chunk * chunks, held  # one object per copy or shard
+    # Packs are on: Replicate's small chunks (here all of them) sit in packs, the same pack
+    # on both providers of a chunk; Erasure's shards are always objects of their own.
+    records = chunk_records(enigma)
+    assert len(records) == chunks
+    assert all((r.pack is None) == erasure_coded for r in records)
+    assert sum(len(r.providers) for r in records) == per_chunk * chunks  # a copy or shard each
+    held = {c.name: objects_of(records, c.name) for c in clouds}
+    for cloud in clouds:  # each cloud holds exactly the objects the manifest says
+        assert set(cloud.keys()) | set(cloud.keys("packs/")) == held[cloud.name], cloud.name
 
-    assert clouds[0].wipe() >= held["one"]
+    on_one = [r for r in records if "one" in r.providers]
+    assert clouds[0].wipe() >= len(held["one"])
     enigma.ok("restore", backup_id, str(tmp_path / "out1"))
     assert snapshot(restored_root(tmp_path / "out1", source)) == snapshot(source)
 
@@ -335,8 +361,14 @@ def test_a_wiped_cloud_loses_nothing(s3: dict[str, S3Server], tmp_path: Path, po
         assert "would rebuild" in enigma.ok("repair", "--dry-run").out
         assert not clouds[0].keys()
     report = json.loads(enigma.ok("repair", "--json").out)
-    assert report["repaired"] == report["objects"] == held["one"] and report["ok"]
-    assert len(clouds[0].keys()) == held["one"]
+    # A lost chunk object is written again where it was; a chunk of a lost pack moves out
+    # of its pack, as whole objects on all its providers.
+    rewritten = sum(len(r.providers) if r.pack else 1 for r in on_one)
+    assert (report["repaired"], report["objects"]) == (len(on_one), rewritten), report
+    assert report["ok"]
+    assert set(clouds[0].keys()) == {chunk_key(r.id) for r in on_one}
+    assert not clouds[0].keys("packs/")
+    assert {r.id for r in chunk_records(enigma) if r.pack is None} == {r.id for r in on_one}
     if erasure_coded:
         again = json.loads(enigma.ok("repair", "--json").out)
         assert again["healthy"] == chunks and again["objects"] == 0
@@ -357,7 +389,7 @@ def test_unreachable_then_removed_provider(s3: dict[str, S3Server], tmp_path: Pa
     clouds = [*three_clouds(s3, "moved"), Cloud("four", s3["weed"], "moved-four")]
     enigma = repository(tmp_path, ERASURE, clouds)
     source = source_tree(tmp_path)
-    backup_id = json.loads(enigma.ok("backup", "--json", str(source)).out)["backup_id"]
+    backup_id = backup(enigma, source)["backup_id"]
     on_two = len(clouds[1].keys())
     assert on_two > 5
 

@@ -22,6 +22,8 @@ import pytest
 from helpers import Enigma, assert_clean_error, restored_root, snapshot
 
 from enigma.chunkstore import chunk_key
+from enigma.manifest import Manifest
+from enigma.packs import pack_key
 
 #: Small CDC chunks, so a few hundred KB already make a multi-chunk file.
 SMALL_CHUNKS = ('[enigma.chunk_strategy.Cdc]\nmin_size = 4096\navg_size = 16384\n'
@@ -55,8 +57,10 @@ def small_file_tree(root: Path, *, files: int = 300, dirs: int = 12, seed: int =
     return root
 
 
-def chunk_path_of(enigma: Enigma, backup_id: str, stored_path: str, seq: int = 0) -> Path:
-    """The storage file holding chunk ``seq`` of the file at ``stored_path``."""
+def chunk_region(enigma: Enigma, backup_id: str, stored_path: str,
+                 seq: int = 0) -> tuple[Path, int, int]:
+    """Where chunk ``seq`` of the file at ``stored_path`` is stored: (storage file, start,
+    length); its own object, or its bytes inside a pack."""
     conn = sqlite3.connect(enigma.config_dir / "manifest.db")
     try:
         (chunk_id,) = conn.execute(
@@ -70,13 +74,29 @@ def chunk_path_of(enigma: Enigma, backup_id: str, stored_path: str, seq: int = 0
     finally:
         conn.close()
     assert chunks > seq
-    return enigma.config_dir / "storage" / chunk_key(bytes(chunk_id))
+    with Manifest(enigma.config_dir / "manifest.db") as manifest:
+        record = manifest.get_chunk(bytes(chunk_id))
+    assert record is not None
+    storage = enigma.config_dir / "storage"
+    if record.pack is None:
+        path = storage / chunk_key(record.id)
+        assert path.stat().st_size == record.stored_size
+        return path, 0, record.stored_size
+    return storage / pack_key(record.pack), record.offset, record.stored_size
 
 
-def flip_a_byte(path: Path) -> None:
+def flip_a_byte(region: tuple[Path, int, int]) -> None:
+    """Flip the middle byte of a stored chunk: same size, only reading finds it."""
+    path, start, length = region
     blob = bytearray(path.read_bytes())
-    blob[len(blob) // 2] ^= 0x01
+    blob[start + length // 2] ^= 0x01
     path.write_bytes(bytes(blob))
+
+
+def set_pack_size(enigma: Enigma, mib: int) -> None:
+    config = enigma.config_dir / "enigma.toml"
+    config.write_text(config.read_text().replace("[enigma]\n", f"[enigma]\npack_size = {mib}\n", 1))
+    assert f"pack_size = {mib}" in config.read_text()
 
 
 def stored(source: Path) -> str:
@@ -107,14 +127,22 @@ def test_many_small_files_restore_exactly_with_dir_modes_and_mtimes(enigma: Enig
     assert leftovers(dest) == []
 
 
-def test_one_damaged_chunk_among_many_small_files(enigma: Enigma, tmp_path: Path) -> None:
+@pytest.mark.parametrize("packed", [True, False], ids=["in-a-pack", "own-object"])
+def test_one_damaged_chunk_among_many_small_files(enigma: Enigma, tmp_path: Path,
+                                                  packed: bool) -> None:
     """Exactly the damaged file is reported and missing (not even a temp file); every
-    other file, directory mode and mtime is restored exactly."""
+    other file, directory mode and mtime is restored exactly: whether the damaged chunk
+    sits in a pack beside the other files' chunks (the default) or is an object of its
+    own (``pack_size = 0``)."""
+    if not packed:
+        set_pack_size(enigma, 0)
     source = small_file_tree(tmp_path / "src")
     backup_id = enigma.ok("backup", str(source)).out.strip()
     victim = next(p for p in sorted(source.rglob("f*.txt")) if p.stat().st_size > 1000)
     rel = victim.relative_to(source).as_posix()
-    flip_a_byte(chunk_path_of(enigma, backup_id, f"{stored(source)}/{rel}"))
+    region = chunk_region(enigma, backup_id, f"{stored(source)}/{rel}")
+    assert (region[0].parent.parent.name == "packs") == packed
+    flip_a_byte(region)
 
     dest = tmp_path / "out"
     code, result = restore_json(enigma, backup_id, dest)
@@ -136,7 +164,9 @@ def test_damaged_chunk_in_a_multi_chunk_file(tmp_path: Path, size: int) -> None:
     (3 MB): a damaged middle chunk drops that file alone, with no temp left."""
     enigma = Enigma(tmp_path / "config")
     enigma.config_dir.mkdir()
-    (enigma.config_dir / "enigma.toml").write_text("[enigma]\n" + SMALL_CHUNKS)
+    # pack_size = 0: the damaged chunk is an object of its own (damage inside a pack:
+    # test_one_damaged_chunk_among_many_small_files and tests/test_packs.py).
+    (enigma.config_dir / "enigma.toml").write_text("[enigma]\npack_size = 0\n" + SMALL_CHUNKS)
     enigma.ok("init")
     source = small_file_tree(tmp_path / "src", files=60, dirs=3)
     rng = random.Random(size)
@@ -144,7 +174,9 @@ def test_damaged_chunk_in_a_multi_chunk_file(tmp_path: Path, size: int) -> None:
     (source / "dir0" / "victim.bin").write_bytes(rng.randbytes(size))
     (source / "dir0" / "zz-after.bin").write_bytes(rng.randbytes(size))
     backup_id = enigma.ok("backup", str(source)).out.strip()
-    flip_a_byte(chunk_path_of(enigma, backup_id, f"{stored(source)}/dir0/victim.bin", seq=3))
+    region = chunk_region(enigma, backup_id, f"{stored(source)}/dir0/victim.bin", seq=3)
+    assert region[0].parent.parent.name == "chunks"
+    flip_a_byte(region)
 
     dest = tmp_path / "out"
     code, result = restore_json(enigma, backup_id, dest)

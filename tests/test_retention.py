@@ -257,7 +257,8 @@ def test_empty_policy_is_refused() -> None:
 # -- the CLI, on real backups ---------------------------------------------------------------
 
 def backup_id(enigma: Enigma, *paths: Path) -> str:
-    return json.loads(enigma.ok("backup", "--json", *map(str, paths)).out)["backup_id"]
+    summary = enigma.ok("backup", "--json", *map(str, paths)).out.splitlines()[-1]
+    return json.loads(summary)["backup_id"]
 
 
 def test_forget_policy_from_the_cli(enigma: Enigma, tmp_path: Path) -> None:

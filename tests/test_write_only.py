@@ -28,6 +28,7 @@ from helpers import (
 
 from enigma import crypto, recipient
 from enigma.errors import AuthError, ConfigError, IntegrityError
+from enigma.manifest import Manifest
 from enigma.plugins.local_keys import LocalKeyProvider
 from enigma.recipient import RecipientSecret
 
@@ -205,9 +206,19 @@ def test_write_only_client_backs_up_but_cannot_decrypt(setup: Setup) -> None:
     fp = (setup.root / "reader.pub").read_text().split("fingerprint ")[1].split()[0]
     assert header.recipient.hex() == fp
     assert (setup.store / "keys" / "writer" / fp).is_file()
-    chunks = [p for p in (setup.store / "chunks").rglob("*") if p.is_file()]
-    assert chunks and all(crypto.parse_header(p.read_bytes())[0].key_id == header.key_id
-                          for p in chunks)
+    # Whole chunk objects, chunks inside packs and the packs' sealed indexes alike.
+    with Manifest(w.config_dir / "manifest.db") as manifest:
+        records = list(manifest.iter_chunks())
+    blobs = [p.read_bytes() for p in (setup.store / "chunks").rglob("*") if p.is_file()]
+    packs = {p.name: p.read_bytes() for p in (setup.store / "packs").rglob("*") if p.is_file()}
+    assert packs and len(blobs) == sum(r.pack is None for r in records)
+    for r in records:
+        if r.pack is not None:
+            blobs.append(packs[r.pack.hex()][r.offset:r.offset + r.stored_size])
+    for pack in packs.values():  # ... | sealed index | ENGP | version | index length u32
+        blobs.append(pack[-9 - int.from_bytes(pack[-4:], "big"):-9])
+    assert len(blobs) == len(records) + len(packs)
+    assert all(crypto.parse_header(b)[0].key_id == header.key_id for b in blobs)
     # Incremental and dedup work without any readable key: nothing new, no new data key.
     again = w.ok("backup", str(setup.source))
     assert "0 new chunks" in again.err

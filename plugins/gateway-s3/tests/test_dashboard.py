@@ -32,7 +32,9 @@ from gateway_support import (
 from helpers import Enigma, assert_clean_error
 from servers import free_port
 
+from enigma.chunkstore import chunk_key
 from enigma.manifest import BackupRecord, Manifest
+from enigma.packs import pack_key
 
 UNICODE_NAME = "ünï cødé 文件 🚀.txt"
 #: A legal file name that would be markup if the pages did not escape it.
@@ -376,19 +378,25 @@ def test_path_traversal_is_harmless(setup: Setup) -> None:
 
 def test_damaged_chunk_is_an_error_page_not_wrong_bytes(setup: Setup) -> None:
     """A download whose chunk fails authentication answers 500 with the reason in one
-    line, before any byte of the file is sent."""
+    line, before any byte of the file is sent. The chunk (30 kB) sits in a pack, as
+    small chunks do by default: one byte of it is flipped there."""
     gateway = setup.dashboard.gateway
     extra = setup.src.parent / "extra"
     extra.mkdir()
     (extra / "victim.bin").write_bytes(os.urandom(30_000))
-    before = gateway.chunk_files()
     gateway.runner.ok("backup", str(extra))
-    (chunk,) = set(gateway.chunk_files()) - set(before)
-    damaged = bytearray(Path(chunk).read_bytes())
-    damaged[len(damaged) // 2] ^= 0x01
-    Path(chunk).write_bytes(bytes(damaged))
     with Manifest(setup.manifest_path) as manifest:
         (backup,) = [b for b in manifest.list_backups() if str(extra) in b.sources]
+        (entry,) = [e for e in manifest.iter_files(backup.id) if e.path.endswith("victim.bin")]
+        (ref,) = entry.chunks
+        record = manifest.get_chunk(ref.chunk_id)
+    assert record is not None and record.pack is not None
+    storage = gateway.config_dir / "storage"
+    assert not (storage / chunk_key(record.id)).exists()
+    path = storage / pack_key(record.pack)
+    damaged = bytearray(path.read_bytes())
+    damaged[record.offset + record.stored_size // 2] ^= 0x01
+    path.write_bytes(bytes(damaged))
     client = _session(setup)
     reply = client.get(f"/backups/{backup.id}/file/{quote(str(extra).lstrip('/'))}/victim.bin")
     assert reply.status == 500

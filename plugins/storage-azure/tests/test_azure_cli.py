@@ -9,6 +9,10 @@ import pytest
 from helpers import Enigma, make_tree, restored_root, snapshot
 from servers.azurite import ACCOUNT_KEY, AzuriteServer
 
+from enigma.chunkstore import chunk_key
+from enigma.manifest import Manifest
+from enigma.packs import pack_key
+
 CONFIG = """\
 [enigma]
 key_provider = "local"
@@ -23,6 +27,18 @@ access_key = "{account}"
 secret_key = "{secret}"
 region = "us-east-1"
 """
+
+
+def manifest_objects(config_dir: Path) -> tuple[set[str], int]:
+    """The object names the manifest says are stored (a whole object per large chunk, one
+    pack object per pack of small chunks: packs are on by default, tests/test_packs.py)
+    and how many of them are packs."""
+    with Manifest(config_dir / "manifest.db") as manifest:
+        rows = list(manifest.iter_chunks())
+    singles = {chunk_key(r.id) for r in rows if r.pack is None}
+    packs = {pack_key(r.pack) for r in rows if r.pack is not None}
+    assert singles and packs, "expected both whole chunk objects and packs"
+    return singles | packs, len(packs)
 
 
 def test_backup_restore_verify_gc_on_azure(azurite: AzuriteServer, container_name: str,
@@ -41,15 +57,20 @@ def test_backup_restore_verify_gc_on_azure(azurite: AzuriteServer, container_nam
     assert enigma.ok("init").err.count("provider 'azure-dev' (azure): ready") == 1
 
     source = make_tree(tmp_path / "src", big_file_size=6 * 1024 * 1024)
-    backup = json.loads(enigma.ok("backup", "--json", str(source)).out)
+    # The result is the last line (status lines precede it once a run takes over 1 s).
+    backup = json.loads(enigma.ok("backup", "--json", str(source)).out.splitlines()[-1])
     assert backup["status"] == "complete"
     backup_id = backup["backup_id"]
     new_chunks = backup["stats"]["chunks_new"]
     assert new_chunks > 0
 
     container = azurite.service_client().get_container_client(container_name)
-    chunk_blobs = [n for n in container.list_blob_names() if n.startswith("chunks/")]
-    assert len(chunk_blobs) == new_chunks
+
+    def stored_blobs() -> set[str]:
+        return {n for n in container.list_blob_names() if n.startswith(("chunks/", "packs/"))}
+
+    expected, packs = manifest_objects(enigma.config_dir)
+    assert stored_blobs() == expected
 
     status = json.loads(enigma.ok("status", "--json").out)
     [row] = status["providers"]
@@ -66,8 +87,8 @@ def test_backup_restore_verify_gc_on_azure(azurite: AzuriteServer, container_nam
 
     enigma.ok("forget", backup_id)
     gc = json.loads(enigma.ok("gc", "--json").out)
-    assert gc["chunks"] == new_chunks
-    assert [n for n in container.list_blob_names() if n.startswith("chunks/")] == []
+    assert (gc["chunks"], gc["packs"]) == (new_chunks, packs)
+    assert stored_blobs() == set()
 
     # The secret never shows up in what enigma prints, and stays encrypted on disk.
     shown = enigma.ok("config", "--json").out + enigma.ok("status").out

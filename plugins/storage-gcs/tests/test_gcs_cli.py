@@ -10,6 +10,10 @@ from enigma_storage_gcs.provider import GcsStorage
 from helpers import Enigma, make_tree, restored_root, snapshot
 from servers.gcs import GcsServer
 
+from enigma.chunkstore import chunk_key
+from enigma.manifest import Manifest
+from enigma.packs import pack_key
+
 CONFIG = """\
 [enigma]
 key_provider = "local"
@@ -23,6 +27,18 @@ endpoint_url = "{endpoint}"
 project = "{project}"
 region = "us-east-1"
 """
+
+
+def manifest_objects(config_dir: Path) -> tuple[set[str], int]:
+    """The object names the manifest says are stored (a whole object per large chunk, one
+    pack object per pack of small chunks: packs are on by default, tests/test_packs.py)
+    and how many of them are packs."""
+    with Manifest(config_dir / "manifest.db") as manifest:
+        rows = list(manifest.iter_chunks())
+    singles = {chunk_key(r.id) for r in rows if r.pack is None}
+    packs = {pack_key(r.pack) for r in rows if r.pack is not None}
+    assert singles and packs, "expected both whole chunk objects and packs"
+    return singles | packs, len(packs)
 
 
 def test_backup_restore_verify_gc_on_gcs(gcs: GcsServer, bucket_name: str,
@@ -39,14 +55,20 @@ def test_backup_restore_verify_gc_on_gcs(gcs: GcsServer, bucket_name: str,
     assert "provider 'gcs-dev' (gcs): ready" in enigma.ok("init").err
 
     source = make_tree(tmp_path / "src", big_file_size=6 * 1024 * 1024)
-    backup = json.loads(enigma.ok("backup", "--json", str(source)).out)
+    # The result is the last line (status lines precede it once a run takes over 1 s).
+    backup = json.loads(enigma.ok("backup", "--json", str(source)).out.splitlines()[-1])
     assert backup["status"] == "complete"
     backup_id = backup["backup_id"]
     new_chunks = backup["stats"]["chunks_new"]
     assert new_chunks > 0
 
     inspect = GcsStorage(**gcs.provider_options(bucket_name))
-    assert len(list(inspect.list("chunks/"))) == new_chunks
+
+    def stored_objects() -> set[str]:
+        return {*inspect.list("chunks/"), *inspect.list("packs/")}
+
+    expected, packs = manifest_objects(enigma.config_dir)
+    assert stored_objects() == expected
 
     status = json.loads(enigma.ok("status", "--json").out)
     [row] = status["providers"]
@@ -63,8 +85,8 @@ def test_backup_restore_verify_gc_on_gcs(gcs: GcsServer, bucket_name: str,
 
     enigma.ok("forget", backup_id)
     gc = json.loads(enigma.ok("gc", "--json").out)
-    assert gc["chunks"] == new_chunks
-    assert list(inspect.list("chunks/")) == []
+    assert (gc["chunks"], gc["packs"]) == (new_chunks, packs)
+    assert stored_objects() == set()
 
     # A deleted bucket: status reports the provider unreachable with one clear line.
     for key in list(inspect.list()):

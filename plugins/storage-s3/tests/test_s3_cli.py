@@ -26,6 +26,10 @@ from helpers import (
 from servers import free_port
 from servers.s3 import S3Server, seaweedfs_server
 
+from enigma.chunkstore import chunk_key
+from enigma.manifest import Manifest
+from enigma.packs import pack_key
+
 
 def configure(runner: Enigma, server: S3Server, bucket: str, *, name: str = "seaweed",
               endpoint_url: str | None = None, access_key: str | None = None,
@@ -45,10 +49,28 @@ def configure(runner: Enigma, server: S3Server, bucket: str, *, name: str = "sea
     return config
 
 
+def summary(out: str) -> dict:
+    """``backup --json``'s result: the last line (status lines precede it after 1 s)."""
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def chunk_objects(server: S3Server, bucket: str) -> set[str]:
-    pages = server.client().get_paginator("list_objects_v2").paginate(Bucket=bucket,
-                                                                       Prefix="chunks/")
-    return {item["Key"] for page in pages for item in page.get("Contents", ())}
+    """Every chunk object and pack object in the bucket."""
+    paginator = server.client().get_paginator("list_objects_v2")
+    return {item["Key"] for prefix in ("chunks/", "packs/")
+            for page in paginator.paginate(Bucket=bucket, Prefix=prefix)
+            for item in page.get("Contents", ())}
+
+
+def manifest_objects(config_dir: Path) -> set[str]:
+    """The object names the manifest says are stored: a whole object per large chunk, one
+    pack object per pack of small chunks (packs are on by default, tests/test_packs.py)."""
+    with Manifest(config_dir / "manifest.db") as manifest:
+        rows = list(manifest.iter_chunks())
+    singles = {chunk_key(r.id) for r in rows if r.pack is None}
+    packs = {pack_key(r.pack) for r in rows if r.pack is not None}
+    assert singles and packs, "expected both whole chunk objects and packs"
+    return singles | packs
 
 
 def test_backup_status_verify_restore_gc(seaweed: S3Server, tmp_path: Path,
@@ -63,7 +85,7 @@ def test_backup_status_verify_restore_gc(seaweed: S3Server, tmp_path: Path,
     assert "provider 'seaweed' (s3): ready" in runner.ok("init").err
 
     source = make_tree(tmp_path / "src", big_file_size=6 << 20)
-    first = json.loads(runner.ok("backup", "--json", str(source)).out)
+    first = summary(runner.ok("backup", "--json", str(source)).out)
     assert first["status"] == "complete"
 
     status = json.loads(runner.ok("status", "--json").out)
@@ -71,7 +93,7 @@ def test_backup_status_verify_restore_gc(seaweed: S3Server, tmp_path: Path,
     assert row["name"] == "seaweed" and row["type"] == "S3Compatible"
     assert row["reachable"] is True and row["error"] == ""
     assert row["chunks"] == status["chunks"] > 0 and row["bytes"] > 0
-    assert len(chunk_objects(seaweed, bucket)) == row["chunks"]
+    assert chunk_objects(seaweed, bucket) == manifest_objects(runner.config_dir)
     text = runner.ok("status").out
     assert "seaweed" in text and "reachable" in text and "UNREACHABLE" not in text
 
@@ -82,12 +104,13 @@ def test_backup_status_verify_restore_gc(seaweed: S3Server, tmp_path: Path,
 
     # change a file, back up again, forget the first backup: gc deletes its chunk from S3
     (source / "big.bin").write_bytes(random.Random(7).randbytes(3 << 20))
-    second = json.loads(runner.ok("backup", "--json", str(source)).out)
+    second = summary(runner.ok("backup", "--json", str(source)).out)
     runner.ok("forget", first["backup_id"])
     gc = json.loads(runner.ok("gc", "--json").out)
     assert gc["chunks"] >= 1 and gc["orphans"] == 0
     after = json.loads(runner.ok("status", "--json").out)
-    assert len(chunk_objects(seaweed, bucket)) == after["providers"][0]["chunks"]
+    assert after["providers"][0]["chunks"] == after["chunks"] > 0
+    assert chunk_objects(seaweed, bucket) == manifest_objects(runner.config_dir)
     runner.ok("verify", second["backup_id"])
     again = tmp_path / "restored-again"
     runner.ok("restore", second["backup_id"], str(again))
@@ -176,7 +199,7 @@ def test_server_dies_mid_backup(tmp_path: Path) -> None:
         assert record["status"] == "failed"
 
         server.start()  # same ports, same data directory
-        rerun = json.loads(runner.ok("backup", "--json", str(source)).out)
+        rerun = summary(runner.ok("backup", "--json", str(source)).out)
         assert rerun["status"] == "complete"
         stats = rerun["stats"]
         assert stats["chunks"] == 48
