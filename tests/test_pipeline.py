@@ -53,6 +53,19 @@ def test_incompressible_chunks_are_stored_raw(tmp_path: Path) -> None:
     assert store.put(words).record is None  # dedup against the manifest
 
 
+def test_a_chunk_that_starts_random_and_goes_on_as_text_is_compressed(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, "compression = true")
+    store = ChunkStore(repo)
+    text = b"a line of a log file that repeats with small changes 0123456789\n" * 16_000
+    mixed = os.urandom(128 * 1024) + text  # the first 64 KiB alone looks incompressible
+    noise = os.urandom(len(mixed))
+    assert store.worth_compressing(mixed) and not store.worth_compressing(noise)
+    stored = store.put(mixed)
+    assert stored.record.compression == "zstd" and stored.record.stored_size < len(mixed) // 2
+    assert store.get(stored.record) == mixed
+    assert store.put(noise).record.compression == ""
+
+
 def test_file_vanishing_mid_backup_is_logged_and_partial(tmp_path: Path) -> None:
     """A chunker that deletes the next file while the first is read: a real race, staged."""
     source = tmp_path / "src"
