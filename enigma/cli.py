@@ -702,7 +702,8 @@ def gc_summary(result: Any) -> str:
     """gc's one-line outcome (``enigma gc`` and ``enigma forget --prune``)."""
     verb = "would delete" if result.dry_run else "deleted"
     return (f"gc: {verb} {result.chunks} unreferenced chunks ({human(result.bytes)}), "
-            f"{result.packs} emptied packs, {result.orphans} orphan objects, "
+            f"{result.packs} emptied and {result.repacked} repacked packs, "
+            f"{result.orphans} orphan objects, "
             f"{len(result.stale_backups)} interrupted backups")
 
 

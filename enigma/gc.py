@@ -2,6 +2,8 @@
 
 The manifest row of a chunk is deleted before its object, so a crash in between leaves an
 orphan object (found and removed by the next gc), never a manifest row pointing at nothing.
+A pack goes when no row points into it; a pack with both used and unreferenced chunks is
+replaced by a new pack of the used ones (``repack``), like restic's prune.
 
 Why deleting is safe: a writer can reference a chunk gc would delete only between storing
 or dedup-matching it and committing the reference (a backup's files, a gateway PUT's
@@ -20,11 +22,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from enigma.chunkstore import chunk_key, stored_chunks, stored_packs, with_retries
-from enigma.errors import ConfigError
+from enigma.chunkstore import ChunkStore, chunk_key, stored_chunks, stored_packs, with_retries
+from enigma.config import DEFAULT_PACK_SIZE_MIB
+from enigma.errors import ConfigError, EnigmaError
 from enigma.lock import repository_lock
 from enigma.manifest import BackupRecord, ChunkRecord, Manifest
-from enigma.packs import pack_key
+from enigma.packs import PackEntry, encode_trailer, new_pack_id, pack_key
 from enigma.progress import NO_PROGRESS, Progress
 from enigma.repository import Repository
 from enigma.retention import GroupPlan, Policy, plan
@@ -39,6 +42,8 @@ class GcResult:
     orphans: int = 0
     #: Pack objects deleted because every chunk in them was unreferenced.
     packs: int = 0
+    #: Packs holding unreferenced chunks beside used ones, rewritten with only the used.
+    repacked: int = 0
 
 
 def forget_backups(repo: Repository, backup_ids: list[str]) -> list[str]:
@@ -104,7 +109,10 @@ def _collect(repo: Repository, result: GcResult, dry_run: bool, progress: Progre
     dead_packs = _dead_packs(manifest, garbage)
     result.packs = len(dead_packs)
     objects = sum(len(c.providers) for c in garbage if c.pack is None) + \
-        sum(len(labels) for labels in dead_packs.values())
+        sum(len(labels) for labels in dead_packs.values()) + \
+        sum(len(c.providers) for c in {c.pack: c for c in garbage
+                                       if c.pack is not None and c.pack not in dead_packs
+                                       }.values())
     if not dry_run:  # a dry run deletes nothing: no totals to show progress against
         progress.set_totals(files=objects, bytes=result.bytes)
     if not dry_run and garbage:
@@ -118,6 +126,12 @@ def _collect(repo: Repository, result: GcResult, dry_run: bool, progress: Progre
         for pack_id, labels in dead_packs.items():
             if pack_id not in still_used:
                 _delete(repo, labels, pack_key(pack_id), progress)
+    partly_dead = {c.pack: c.providers for c in garbage
+                   if c.pack is not None and c.pack not in dead_packs}
+    if dry_run:
+        result.repacked = len(partly_dead)
+    elif partly_dead:
+        result.repacked = repack(repo, partly_dead, progress)
     for label, provider in repo.providers.items():
         progress.current_file(f"listing provider '{label}'")
         candidates = stored_chunks(label, provider)
@@ -136,6 +150,75 @@ def _collect(repo: Repository, result: GcResult, dry_run: bool, progress: Progre
             with_retries(f"deleting from provider '{label}'", provider.delete, key)
             progress.advance(files=1)
     progress.current_file(None)
+
+
+def repack(repo: Repository, packs: dict[bytes, tuple[str, ...]],
+           progress: Progress = NO_PROGRESS) -> int:
+    """Copy the used chunks of ``packs`` into new packs and delete the old ones, so the
+    bytes of unreferenced chunks are freed; returns how many packs were replaced.
+
+    Each chunk is read the way restore reads it (AES-GCM checked, other copies tried), so a
+    damaged copy is never spread over the new pack's providers; a pack with a chunk that
+    no copy holds soundly is left as it is (``enigma repair`` is for that). Order: new packs
+    stored and synced, then the records moved in one operation, then the old packs
+    deleted; a crash leaves orphans for the next gc, never a record without its bytes.
+    """
+    store = ChunkStore(repo)
+    if store.keys.write_only:
+        return 0  # it cannot authenticate what it would copy
+    target = repo.config.pack_size or DEFAULT_PACK_SIZE_MIB * 1024 * 1024
+    movable: dict[tuple[str, ...], list[tuple[ChunkRecord, bytes]]] = {}
+    replaced: list[tuple[bytes, tuple[str, ...]]] = []
+    by_pack: dict[bytes, list[ChunkRecord]] = {}
+    for record in repo.manifest.chunks_in_packs(packs):
+        by_pack.setdefault(record.pack, []).append(record)  # type: ignore[arg-type]
+    for pack_id, records in by_pack.items():
+        progress.current_file(pack_key(pack_id))
+        try:
+            sealed = [(record, store.fetch_sealed(record)) for record in records]
+        except EnigmaError:
+            continue
+        labels = tuple(sorted(packs[pack_id]))
+        if any(tuple(sorted(record.providers)) != labels for record in records):
+            continue  # repair moved some of them: leave the pack to a later gc
+        movable.setdefault(labels, []).extend(sealed)
+        replaced.append((pack_id, labels))
+    moves: list[tuple[bytes, bytes, bytes, int]] = []
+    written: set[str] = set()
+    for labels, chunks in movable.items():
+        while chunks:
+            taken, size = 0, 0
+            while taken < len(chunks) and (taken == 0 or size < target):
+                size += len(chunks[taken][1])
+                taken += 1
+            group, chunks = chunks[:taken], chunks[taken:]
+            moves += _write_pack(repo, store, labels, group)
+            written.update(labels)
+    for label in sorted(written):
+        with_retries(f"syncing provider '{label}'", repo.providers[label].sync)
+    if moves:
+        repo.manifest.move_chunks(moves)
+    for pack_id, labels in replaced:
+        _delete(repo, labels, pack_key(pack_id), progress)
+    progress.current_file(None)
+    return len(replaced)
+
+
+def _write_pack(repo: Repository, store: ChunkStore, labels: tuple[str, ...],
+                group: list[tuple[ChunkRecord, bytes]]) -> list[tuple[bytes, bytes, bytes, int]]:
+    """Store one new pack of sealed chunks on ``labels``; the moves that point at it."""
+    pack_id = new_pack_id()
+    entries, moves, offset = [], [], 0
+    for record, sealed in group:
+        entries.append(PackEntry(record.id, offset, len(sealed)))
+        moves.append((record.id, record.pack or b"", pack_id, offset))
+        offset += len(sealed)
+    blob = b"".join(sealed for _record, sealed in group) + encode_trailer(
+        pack_id, entries, lambda i, p: store.sealer.seal(i, p))
+    for label in labels:
+        with_retries(f"storing on provider '{label}'", repo.providers[label].put,
+                     pack_key(pack_id), blob)
+    return moves
 
 
 def _dead_packs(manifest: Manifest, garbage: list[ChunkRecord]) -> dict[bytes, tuple[str, ...]]:

@@ -403,6 +403,7 @@ class Manifest:
         "delete_backup",
         "delete_chunks",
         "set_chunk_providers",
+        "move_chunks",
         "create_bucket",
         "delete_bucket",
         "put_object",
@@ -777,6 +778,16 @@ class Manifest:
                     ((chunk_id, label) for label in labels),
                 )
 
+    def move_chunks(self, moves: list[tuple[bytes, bytes, bytes, int]]) -> None:
+        """Point packed chunks at the pack gc copied them into: ``(chunk id, old pack,
+        new pack, offset)``. The caller has stored and synced the new pack first; a chunk
+        no longer in the old pack (or gone) is left alone, so a replay changes nothing."""
+        with self._write() as conn:
+            conn.executemany(
+                "UPDATE chunks SET pack = ?, pack_offset = ? WHERE id = ? AND pack = ?",
+                ((bytes(new), offset, bytes(chunk_id), bytes(old))
+                 for chunk_id, old, new, offset in moves))
+
     # -- mutations: backups -------------------------------------------------------------
 
     def begin_backup(self, record: BackupRecord) -> None:
@@ -1021,6 +1032,20 @@ class Manifest:
                     f" WHERE pack IN ({_marks(len(batch))}) GROUP BY pack", batch).fetchall()
             found.update((bytes(r[0]), r[1]) for r in rows)
         return found
+
+    def chunks_in_packs(self, pack_ids: Iterable[bytes]) -> list[ChunkRecord]:
+        """Records of the chunks in ``pack_ids``, by pack and offset (gc repacks them)."""
+        wanted = [bytes(i) for i in pack_ids]
+        found: list[ChunkRecord] = []
+        for batch in _batches(wanted):
+            with self._read() as conn:
+                rows = conn.execute(
+                    f"SELECT {_CHUNK_COLUMNS}, l.provider FROM chunks c INDEXED BY chunks_pack"
+                    " LEFT JOIN chunk_locations l ON l.chunk_id = c.id"
+                    f" WHERE c.pack IN ({_marks(len(batch))}) ORDER BY c.id", batch,
+                ).fetchall()
+            found.extend(_group_chunks(rows))
+        return sorted(found, key=lambda r: (r.pack or b"", r.offset))
 
     def iter_chunk_ids(self) -> Iterator[bytes]:
         """Every chunk id, streamed (the backup's dedup prefilter is built from them)."""

@@ -84,26 +84,37 @@ def test_resumed_backup_reuses_unrecorded_objects(tmp_path: Path) -> None:
     assert not rig.restore_problems(again["backup_id"], tmp_path / "out")
 
 
-def test_gc_killed_midway(tmp_path: Path) -> None:
-    # Killed between deletions of single chunk objects: with packs, a forgotten backup's
-    # chunks share packs with kept ones and no object would go. gc of packs:
-    # tests/test_packs.py.
-    rig = CrashRig(tmp_path / "rig", SEED + 2, pack_size=0)
+@pytest.mark.parametrize("pack_size", [0, None], ids=["single-objects", "packs"])
+def test_gc_killed_midway(tmp_path: Path, pack_size: int | None) -> None:
+    # single-objects: killed between deletions of chunk objects. packs: a forgotten
+    # backup's chunks share packs with kept ones, so gc repacks (new pack stored, records
+    # moved, old pack deleted) and is killed at a random moment of it (seen: before any
+    # write, between the new pack and the old one's deletion, after).
+    rig = CrashRig(tmp_path / "rig", SEED + 2, pack_size=pack_size)
     rng = random.Random(SEED)
-    for trial in range(2):
+    for trial in range(2 if pack_size == 0 else 6):
+        if pack_size is None:
+            rig.mutate()  # every trial's forget frees chunks, so every gc repacks
         old = rig.backup()
         rig.mutate()
         keep = rig.backup()
         expected = snapshot(rig.source)
         rig.enigma.ok("forget", old["backup_id"])
         total = count_objects(rig.enigma.config_dir)
-        target = total - rng.randint(0, 30)  # 0: before any object is deleted
         proc = rig.start("gc")
-        killed = kill_when(proc, lambda t=target: count_objects(rig.enigma.config_dir) <= t, 60)
+        if pack_size == 0:
+            target = total - rng.randint(0, 30)  # 0: before any object is deleted
+            killed = kill_when(proc, lambda t=target: count_objects(rig.enigma.config_dir) <= t,
+                               60)
+        else:  # a random moment from start-up to about the end of gc (fast test KDF)
+            started, delay = time.monotonic(), rng.uniform(0.0, 0.3)
+            killed = kill_when(proc, lambda s=started, d=delay: time.monotonic() - s >= d, 60)
         assert not scan_manifest(rig.enigma.config_dir), trial
         check = rig.enigma.ok("check", "--json")
         assert json.loads(check.out)["ok"], (trial, killed)
-        rig.enigma.ok("gc")
+        gc = json.loads(rig.enigma.ok("gc", "--json").out)
+        if pack_size is None and not killed:
+            assert gc["repacked"] == 0  # the killed-too-late run did the repacking
         assert not rig.restore_problems(keep["backup_id"], tmp_path / "out", expected), trial
         assert not json.loads(rig.enigma.ok("check", "--json").out)["orphans"]
 

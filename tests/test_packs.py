@@ -345,3 +345,56 @@ def test_gc_deletes_a_pack_only_once_none_of_its_chunks_is_used(tmp_path: Path) 
     done = json.loads(enigma.ok("gc", "--json").out)
     assert (done["chunks"], done["packs"], done["orphans"]) == (60, 2, 0)
     assert objects(store, "packs") == [] and records(enigma.config_dir) == []
+
+
+def pack_with_kept_and_forgotten_chunks(tmp_path: Path) -> tuple[Enigma, Path, str]:
+    """One pack holding 30 chunks a kept backup uses and 30 only a forgotten one used."""
+    enigma = Enigma(tmp_path / "config")
+    enigma.ok("init")
+    source = tmp_path / "src"
+    source.mkdir()
+    for n in range(60):
+        (source / f"f{n}.txt").write_bytes(random.Random(n).randbytes(3000))
+    first = backup(enigma, source)["backup_id"]
+    for n in range(30, 60):
+        (source / f"f{n}.txt").unlink()
+    second = backup(enigma, source)["backup_id"]
+    enigma.ok("forget", first)
+    return enigma, source, second
+
+
+def test_gc_repacks_a_pack_whose_chunks_are_partly_unused(tmp_path: Path) -> None:
+    enigma, source, kept = pack_with_kept_and_forgotten_chunks(tmp_path)
+    store = enigma.config_dir / "storage"
+    [old] = objects(store, "packs")
+    old_size = old.stat().st_size
+    dry = json.loads(enigma.ok("gc", "--dry-run", "--json").out)
+    assert (dry["chunks"], dry["packs"], dry["repacked"]) == (30, 0, 1) and old.exists()
+    done = json.loads(enigma.ok("gc", "--json").out)
+    assert (done["chunks"], done["packs"], done["repacked"], done["orphans"]) == (30, 0, 1, 0)
+    [new] = objects(store, "packs")
+    assert new != old and not old.exists()
+    assert new.stat().st_size < old_size * 0.6  # the unused half is gone
+    rows = records(enigma.config_dir)
+    assert len(rows) == 30 and {r.pack for r in rows} == {pack_id_from_key(
+        new.relative_to(store).as_posix())}
+    report = json.loads(enigma.ok("check", "--read-data", "--json").out)
+    assert report["problems"] == [] and report["orphans"] == {} and report["read"] == 30
+    dest = tmp_path / "out"
+    enigma.ok("restore", kept, str(dest))
+    assert snapshot(restored_root(dest, source)) == snapshot(source)
+
+
+def test_gc_leaves_a_pack_with_a_damaged_used_chunk_as_it_is(tmp_path: Path) -> None:
+    enigma, _source, _kept = pack_with_kept_and_forgotten_chunks(tmp_path)
+    store = enigma.config_dir / "storage"
+    [pack] = objects(store, "packs")
+    used = next(r for r in records(enigma.config_dir) if r.refcount > 0)
+    blob = bytearray(pack.read_bytes())
+    blob[used.offset + used.stored_size // 2] ^= 0x01
+    pack.write_bytes(bytes(blob))
+    done = json.loads(enigma.ok("gc", "--json").out)
+    assert (done["chunks"], done["repacked"]) == (30, 0)
+    assert objects(store, "packs") == [pack] and pack.read_bytes() == bytes(blob)
+    problems = json.loads(enigma("check", "--read-data", "--json").out)["problems"]
+    assert {p["chunk"] for p in problems} == {used.id.hex()}
