@@ -996,17 +996,19 @@ class Manifest:
     def get_chunks(self, ids: Iterable[bytes]) -> dict[bytes, ChunkRecord]:
         """Records of the ``ids`` that exist: one query per 500 ids (a restore looks up a
         whole batch of small files' chunks at once)."""
-        wanted = sorted({bytes(i) for i in ids})
-        found: dict[bytes, ChunkRecord] = {}
-        for batch in _batches(wanted):
+        return {record.id: record for record in self._chunks_where("id", ids)}
+
+    def _chunks_where(self, column: str, keys: Iterable[bytes]) -> Iterator[ChunkRecord]:
+        """Records whose ``column`` (``id`` or ``pack``) is one of ``keys``, 500 a query."""
+        hint = " INDEXED BY chunks_pack" if column == "pack" else ""
+        for batch in _batches(sorted({bytes(k) for k in keys})):
             with self._read() as conn:
                 rows = conn.execute(
-                    f"SELECT {_CHUNK_COLUMNS}, l.provider FROM chunks c"
+                    f"SELECT {_CHUNK_COLUMNS}, l.provider FROM chunks c{hint}"
                     " LEFT JOIN chunk_locations l ON l.chunk_id = c.id"
-                    f" WHERE c.id IN ({_marks(len(batch))}) ORDER BY c.id", batch,
+                    f" WHERE c.{column} IN ({_marks(len(batch))}) ORDER BY c.id", batch,
                 ).fetchall()
-            found.update((record.id, record) for record in _group_chunks(rows))
-        return found
+            yield from _group_chunks(rows)
 
     def known_chunks(self, ids: Iterable[bytes]) -> set[bytes]:
         """The subset of ``ids`` already stored: one query per 500 ids, not one per id."""
@@ -1035,17 +1037,8 @@ class Manifest:
 
     def chunks_in_packs(self, pack_ids: Iterable[bytes]) -> list[ChunkRecord]:
         """Records of the chunks in ``pack_ids``, by pack and offset (gc repacks them)."""
-        wanted = [bytes(i) for i in pack_ids]
-        found: list[ChunkRecord] = []
-        for batch in _batches(wanted):
-            with self._read() as conn:
-                rows = conn.execute(
-                    f"SELECT {_CHUNK_COLUMNS}, l.provider FROM chunks c INDEXED BY chunks_pack"
-                    " LEFT JOIN chunk_locations l ON l.chunk_id = c.id"
-                    f" WHERE c.pack IN ({_marks(len(batch))}) ORDER BY c.id", batch,
-                ).fetchall()
-            found.extend(_group_chunks(rows))
-        return sorted(found, key=lambda r: (r.pack or b"", r.offset))
+        return sorted(self._chunks_where("pack", pack_ids),
+                      key=lambda r: (r.pack or b"", r.offset))
 
     def iter_chunk_ids(self) -> Iterator[bytes]:
         """Every chunk id, streamed (the backup's dedup prefilter is built from them)."""

@@ -134,3 +134,19 @@ def restored_root(dest: Path, source: Path) -> Path:
 
 def chunk_files(config_dir: Path) -> list[Path]:
     return sorted(p for p in (config_dir / "storage" / "chunks").rglob("*") if p.is_file())
+
+
+def manifest_objects(config_dir: Path) -> tuple[set[str], int]:
+    """The object names the manifest says are stored (a whole object per large chunk, one
+    pack object per pack of small chunks: packs are on by default, tests/test_packs.py)
+    and how many of them are packs; asserts there are both kinds."""
+    from enigma.chunkstore import chunk_key
+    from enigma.manifest import Manifest
+    from enigma.packs import pack_key
+
+    with Manifest(config_dir / "manifest.db") as manifest:
+        rows = list(manifest.iter_chunks())
+    singles = {chunk_key(r.id) for r in rows if r.pack is None}
+    packs = {pack_key(r.pack) for r in rows if r.pack is not None}
+    assert singles and packs, "expected both whole chunk objects and packs"
+    return singles | packs, len(packs)

@@ -182,6 +182,11 @@ def records(config_dir: Path) -> list[ChunkRecord]:
         return list(manifest.iter_chunks())
 
 
+def restores_bit_exact(enigma: Enigma, backup_id: str, source: Path, dest: Path) -> bool:
+    enigma.ok("restore", backup_id, str(dest))
+    return snapshot(restored_root(dest, source)) == snapshot(source)
+
+
 def backup(enigma: Enigma, source: Path) -> dict:
     """The summary: a run over a second prints status lines before it (docs/json.md)."""
     return json.loads(enigma.ok("backup", "--json", str(source)).out.splitlines()[-1])
@@ -204,9 +209,7 @@ def test_small_files_go_into_a_few_packs_and_restore_bit_exact(tmp_path: Path) -
                                                  for p in packs}
     assert all(r.stored_size >= 512 * 1024 for r in rows if r.pack is None)
     assert "all good" in enigma.ok("verify", backup_id).out
-    dest = tmp_path / "out"
-    enigma.ok("restore", backup_id, str(dest))
-    assert snapshot(restored_root(dest, source)) == snapshot(source)
+    assert restores_bit_exact(enigma, backup_id, source, tmp_path / "out")
 
 
 def test_pack_size_zero_stores_every_chunk_as_its_own_object(tmp_path: Path) -> None:
@@ -293,9 +296,7 @@ def test_repair_takes_a_lost_packs_chunks_out_of_it_and_gc_drops_the_other_copy(
                                        for p in packs_b]}
     gc = json.loads(enigma.ok("gc", "--json").out)
     assert gc["orphans"] == len(packs_b) and objects(tmp_path / "b", "packs") == []
-    dest = tmp_path / "out"
-    enigma.ok("restore", backup_id, str(dest))
-    assert snapshot(restored_root(dest, source)) == snapshot(source)
+    assert restores_bit_exact(enigma, backup_id, source, tmp_path / "out")
 
 
 def test_recover_without_a_snapshot_rebuilds_packed_chunks(tmp_path: Path) -> None:
@@ -320,18 +321,22 @@ def test_recover_without_a_snapshot_rebuilds_packed_chunks(tmp_path: Path) -> No
     assert again["chunks_new"] == 0
 
 
+def write_files(folder: Path, stem: str, seeds: range) -> None:
+    """One 3000-byte random file per seed: each a small chunk of its own."""
+    folder.mkdir(exist_ok=True)
+    for n in seeds:
+        (folder / f"{stem}{n}.txt").write_bytes(random.Random(n).randbytes(3000))
+
+
 def test_gc_deletes_a_pack_only_once_none_of_its_chunks_is_used(tmp_path: Path) -> None:
     enigma = Enigma(tmp_path / "config")
     enigma.ok("init")
     first = tmp_path / "first"
-    first.mkdir()
-    for n in range(30):
-        (first / f"shared{n}.txt").write_bytes(random.Random(n).randbytes(3000))
+    write_files(first, "shared", range(30))
     first_id = backup(enigma, first)["backup_id"]
     second = tmp_path / "second"
     shutil.copytree(first, second)
-    for n in range(30):  # a second pack with new chunks, beside the shared ones
-        (second / f"own{n}.txt").write_bytes(random.Random(100 + n).randbytes(3000))
+    write_files(second, "own", range(100, 130))  # a second pack beside the shared one
     second_id = backup(enigma, second)["backup_id"]
     store = enigma.config_dir / "storage"
     assert len(objects(store, "packs")) == 2
@@ -352,9 +357,7 @@ def pack_with_kept_and_forgotten_chunks(tmp_path: Path) -> tuple[Enigma, Path, s
     enigma = Enigma(tmp_path / "config")
     enigma.ok("init")
     source = tmp_path / "src"
-    source.mkdir()
-    for n in range(60):
-        (source / f"f{n}.txt").write_bytes(random.Random(n).randbytes(3000))
+    write_files(source, "f", range(60))
     first = backup(enigma, source)["backup_id"]
     for n in range(30, 60):
         (source / f"f{n}.txt").unlink()
@@ -380,9 +383,7 @@ def test_gc_repacks_a_pack_whose_chunks_are_partly_unused(tmp_path: Path) -> Non
         new.relative_to(store).as_posix())}
     report = json.loads(enigma.ok("check", "--read-data", "--json").out)
     assert report["problems"] == [] and report["orphans"] == {} and report["read"] == 30
-    dest = tmp_path / "out"
-    enigma.ok("restore", kept, str(dest))
-    assert snapshot(restored_root(dest, source)) == snapshot(source)
+    assert restores_bit_exact(enigma, kept, source, tmp_path / "out")
 
 
 def test_gc_leaves_a_pack_with_a_damaged_used_chunk_as_it_is(tmp_path: Path) -> None:

@@ -6,12 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import Enigma, make_tree, restored_root, snapshot
+from helpers import Enigma, make_tree, manifest_objects, restored_root, snapshot
 from servers.azurite import ACCOUNT_KEY, AzuriteServer
-
-from enigma.chunkstore import chunk_key
-from enigma.manifest import Manifest
-from enigma.packs import pack_key
 
 CONFIG = """\
 [enigma]
@@ -27,18 +23,6 @@ access_key = "{account}"
 secret_key = "{secret}"
 region = "us-east-1"
 """
-
-
-def manifest_objects(config_dir: Path) -> tuple[set[str], int]:
-    """The object names the manifest says are stored (a whole object per large chunk, one
-    pack object per pack of small chunks: packs are on by default, tests/test_packs.py)
-    and how many of them are packs."""
-    with Manifest(config_dir / "manifest.db") as manifest:
-        rows = list(manifest.iter_chunks())
-    singles = {chunk_key(r.id) for r in rows if r.pack is None}
-    packs = {pack_key(r.pack) for r in rows if r.pack is not None}
-    assert singles and packs, "expected both whole chunk objects and packs"
-    return singles | packs, len(packs)
 
 
 def test_backup_restore_verify_gc_on_azure(azurite: AzuriteServer, container_name: str,
