@@ -265,13 +265,18 @@ def apply_plan(store: ChunkStore, plan: ChunkPlan) -> None:
             errors.append(str(exc))
             continue
         done.append((label, blob))
-    if errors:
-        plan.unpack = False  # the pack stays where the record says; the new objects are orphans
+    if not errors:
+        return
+    if plan.unpack:
+        # All or nothing: the record keeps pointing into the pack on every provider (the
+        # objects written are orphans for gc), so no provider is left with neither.
+        plan.unpack, plan.added, plan.dropped = False, [], []
+    else:
         failed = {label for label, _blob in plan.writes} - {label for label, _blob in done}
         plan.added = [label for label in plan.added if label not in failed]
         plan.dropped = plan.dropped[:len(plan.added)]
-        plan.writes = done
-        plan.error = plan.error or "; ".join(errors)
+    plan.writes = done
+    plan.error = plan.error or "; ".join(errors)
 
 
 # -- what status shows ---------------------------------------------------------------------
