@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import PASSPHRASE, machine_info
+from compare import PASSPHRASE, Enigma, machine_info
 from dataset import MB, MiB, generate
 
 from enigma.chunkstore import MIN_SAVING  # zstd output is kept only if it saves this much
@@ -145,6 +145,7 @@ def fixed_costs(scratch: Path) -> dict[str, float]:
     argon2_key(PASSPHRASE, os.urandom(32), DEFAULT_ARGON2)
     costs = {"enigma_argon2id_unlock": time.perf_counter() - started}
     env = dict(os.environ)
+    Enigma.prepare(shutil.which("enigma") or str(Path(sys.executable).with_name("enigma")))
     costs["enigma_start_and_imports"] = median_seconds(
         [sys.executable, "-c", "import enigma.cli, enigma.backup, enigma.restore"], env)
     restic = shutil.which("restic")
