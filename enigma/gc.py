@@ -27,7 +27,8 @@ from enigma.config import DEFAULT_PACK_SIZE_MIB
 from enigma.errors import ConfigError, EnigmaError
 from enigma.lock import repository_lock
 from enigma.manifest import BackupRecord, ChunkRecord, Manifest
-from enigma.packs import PackEntry, encode_trailer, new_pack_id, pack_key
+from enigma.packer import Member, Packer
+from enigma.packs import pack_key
 from enigma.progress import NO_PROGRESS, Progress
 from enigma.repository import Repository
 from enigma.retention import GroupPlan, Policy, plan
@@ -107,12 +108,11 @@ def _collect(repo: Repository, result: GcResult, dry_run: bool, progress: Progre
     result.chunks = len(garbage)
     result.bytes = sum(c.stored_size * len(c.providers) for c in garbage)
     dead_packs = _dead_packs(manifest, garbage)
+    partly_dead = {c.pack: c.providers for c in garbage
+                   if c.pack is not None and c.pack not in dead_packs}
     result.packs = len(dead_packs)
-    objects = sum(len(c.providers) for c in garbage if c.pack is None) + \
-        sum(len(labels) for labels in dead_packs.values()) + \
-        sum(len(c.providers) for c in {c.pack: c for c in garbage
-                                       if c.pack is not None and c.pack not in dead_packs
-                                       }.values())
+    objects = sum(len(c.providers) for c in garbage if c.pack is None) + sum(
+        len(labels) for packs in (dead_packs, partly_dead) for labels in packs.values())
     if not dry_run:  # a dry run deletes nothing: no totals to show progress against
         progress.set_totals(files=objects, bytes=result.bytes)
     if not dry_run and garbage:
@@ -126,8 +126,6 @@ def _collect(repo: Repository, result: GcResult, dry_run: bool, progress: Progre
         for pack_id, labels in dead_packs.items():
             if pack_id not in still_used:
                 _delete(repo, labels, pack_key(pack_id), progress)
-    partly_dead = {c.pack: c.providers for c in garbage
-                   if c.pack is not None and c.pack not in dead_packs}
     if dry_run:
         result.repacked = len(partly_dead)
     elif partly_dead:
@@ -167,7 +165,7 @@ def repack(repo: Repository, packs: dict[bytes, tuple[str, ...]],
     if store.keys.write_only:
         return 0  # it cannot authenticate what it would copy
     target = repo.config.pack_size or DEFAULT_PACK_SIZE_MIB * 1024 * 1024
-    movable: dict[tuple[str, ...], list[tuple[ChunkRecord, bytes]]] = {}
+    movable: list[tuple[ChunkRecord, bytes]] = []
     replaced: list[tuple[bytes, tuple[str, ...]]] = []
     by_pack: dict[bytes, list[ChunkRecord]] = {}
     for record in repo.manifest.chunks_in_packs(packs):
@@ -181,19 +179,23 @@ def repack(repo: Repository, packs: dict[bytes, tuple[str, ...]],
         labels = tuple(sorted(packs[pack_id]))
         if any(tuple(sorted(record.providers)) != labels for record in records):
             continue  # repair moved some of them: leave the pack to a later gc
-        movable.setdefault(labels, []).extend(sealed)
+        movable += sealed
         replaced.append((pack_id, labels))
+
+    def put(labels: tuple[str, ...], key: str, blob: bytes, _members: list[Member]) -> None:
+        for label in labels:
+            with_retries(f"storing on provider '{label}'", repo.providers[label].put,
+                         key, blob)
+
+    # The pipeline's packer, shipping on this thread: one pack per set of providers.
+    packer = Packer(store.sealer.seal, put, target=target)
     moves: list[tuple[bytes, bytes, bytes, int]] = []
-    written: set[str] = set()
-    for labels, chunks in movable.items():
-        while chunks:
-            taken, size = 0, 0
-            while taken < len(chunks) and (taken == 0 or size < target):
-                size += len(chunks[taken][1])
-                taken += 1
-            group, chunks = chunks[:taken], chunks[taken:]
-            moves += _write_pack(repo, store, labels, group)
-            written.update(labels)
+    for record, sealed_chunk in movable:
+        old = record.pack or b""
+        packer.add(record, sealed_chunk, _RAISE)  # sets the record's new pack and offset
+        moves.append((record.id, old, record.pack or b"", record.offset))
+    packer.flush()
+    written = {label for _pack_id, labels in replaced for label in labels}
     for label in sorted(written):
         with_retries(f"syncing provider '{label}'", repo.providers[label].sync)
     if moves:
@@ -204,21 +206,18 @@ def repack(repo: Repository, packs: dict[bytes, tuple[str, ...]],
     return len(replaced)
 
 
-def _write_pack(repo: Repository, store: ChunkStore, labels: tuple[str, ...],
-                group: list[tuple[ChunkRecord, bytes]]) -> list[tuple[bytes, bytes, bytes, int]]:
-    """Store one new pack of sealed chunks on ``labels``; the moves that point at it."""
-    pack_id = new_pack_id()
-    entries, moves, offset = [], [], 0
-    for record, sealed in group:
-        entries.append(PackEntry(record.id, offset, len(sealed)))
-        moves.append((record.id, record.pack or b"", pack_id, offset))
-        offset += len(sealed)
-    blob = b"".join(sealed for _record, sealed in group) + encode_trailer(
-        pack_id, entries, lambda i, p: store.sealer.seal(i, p))
-    for label in labels:
-        with_retries(f"storing on provider '{label}'", repo.providers[label].put,
-                     pack_key(pack_id), blob)
-    return moves
+class _Raise:
+    """A packed chunk's waiter for repack, whose puts run on the calling thread: a pack
+    that cannot be built raises there too, before any record moves."""
+
+    def stored(self) -> None:
+        pass
+
+    def failed(self, exc: BaseException) -> None:
+        raise exc
+
+
+_RAISE = _Raise()
 
 
 def _dead_packs(manifest: Manifest, garbage: list[ChunkRecord]) -> dict[bytes, tuple[str, ...]]:

@@ -155,8 +155,7 @@ class ChunkUploader:
         self.reused = 0
         self.packer: Packer | None = None
         if pack_size > 0 and not redundancy_of(store.distribution).erasure:
-            self.packer = Packer(lambda i, p: store.sealer.seal(i, p), self._ship_pack,
-                                 target=pack_size)
+            self.packer = Packer(store.sealer.seal, self._ship_pack, target=pack_size)
         #: Groups submitted to the CPU pool and not finished: 0 means the pipeline is idle.
         self._busy = 0
 
