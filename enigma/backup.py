@@ -5,8 +5,10 @@ that defer it, made durable by ``sync``) before its manifest row exists, and a f
 written only after every chunk it references has a row. A crash at any moment leaves, at
 worst, stored chunks the manifest does not know yet; ``gc`` removes those.
 
-Unchanged files (same size, mtime, ctime and inode as in the previous backup of the same
-source) reuse their chunk lists without being read, like restic's and borg's file cache.
+Unchanged directories are linked to the previous backup's version of them (a row per
+directory, not per file), and unchanged files (same size, mtime, ctime and inode as in the
+previous backup of the same source) reuse their chunk lists without being read, like
+restic's trees and file cache (``enigma.filecache``).
 
 A re-run after a kill resumes (docs/consistency.md): the file cache includes what the
 interrupted run recorded, and objects it stored but had not recorded are reused, not
@@ -30,7 +32,8 @@ from typing import BinaryIO
 
 from enigma.chunkstore import ChunkStore, StoredChunk, stored_chunks
 from enigma.errors import NotFoundError, StorageError
-from enigma.manifest import BackupRecord, ChunkRecord, ChunkRef, FileEntry, LogEntry, Manifest
+from enigma.filecache import DirVersion, FileCache
+from enigma.manifest import BackupRecord, ChunkRecord, ChunkRef, FileEntry, LogEntry
 from enigma.pipeline import ChunkUploader
 from enigma.progress import NO_PROGRESS, Progress, TotalsScanner
 from enigma.repository import Repository
@@ -131,34 +134,6 @@ def stored_path(path: str | os.PathLike[str]) -> str:
     return text.lstrip("/")
 
 
-def previous_files(manifest: Manifest, root: Path) -> dict[str, FileEntry]:
-    """The file cache: regular files under ``root`` in the newest finished backup of it,
-    overlaid with what interrupted backups since then recorded.
-
-    An interrupted ("running") backup's file rows are as good as a finished one's: a file
-    row is written only after every chunk it uses has its row. Using them is what makes a
-    re-run after a kill skip the files the killed run finished, without reading them.
-    """
-    cache: dict[str, FileEntry] = {}
-    prefix = stored_path(root) or None
-    for backup in reversed(manifest.list_backups()):
-        if backup.status not in ("complete", "partial", "running") \
-                or str(root) not in backup.sources:
-            continue
-        for entry in manifest.iter_files(backup.id, prefix):
-            if entry.type == "file":
-                cache.setdefault(entry.path, entry)  # the newest backup's row wins
-        if backup.status != "running":
-            break
-    return cache
-
-
-def unchanged(cached: FileEntry | None, st: os.stat_result) -> bool:
-    return (cached is not None and cached.size == st.st_size
-            and cached.mtime_ns == st.st_mtime_ns and cached.ctime_ns == st.st_ctime_ns
-            and cached.inode == st.st_ino)
-
-
 @dataclass
 class _Pending:
     """A file whose chunks are still being stored."""
@@ -195,7 +170,8 @@ class _Backup:
         self.backup_id = backup_id
         self.excluded = excluded
         self.force = force
-        self.cache: dict[str, FileEntry] = {}
+        self.cache = FileCache()
+        self.linked: list[int] = []  # unchanged directory versions, not yet recorded
         self.stats = BackupStats()
         self.problems: list[str] = []
         self.in_flight: deque[_Pending] = deque()
@@ -272,6 +248,7 @@ class _Backup:
             if wait and time.monotonic() - self.last_flush >= FLUSH_SECONDS:
                 self.flush()  # the final wait can be long: keep recording as files finish
         if (len(self.ready_files) >= FILE_BATCH or len(self.ready_chunks) >= CHUNK_BATCH
+                or len(self.linked) >= FILE_BATCH
                 or time.monotonic() - self.last_flush >= FLUSH_SECONDS):
             self.flush()
 
@@ -310,6 +287,9 @@ class _Backup:
         if self.ready_files:
             self.manifest.add_files(self.backup_id, self.ready_files)
             self.ready_files = []
+        if self.linked:
+            self.manifest.link_dirs(self.backup_id, self.linked)
+            self.linked = []
         if self.pending_log:
             self.manifest.log(self.backup_id, self.pending_log)
             self.pending_log = []
@@ -334,14 +314,18 @@ class _Backup:
 
     # -- walking -----------------------------------------------------------------------
 
-    def walk(self, root: Path) -> Iterator[tuple[str, os.stat_result]]:
-        """Depth-first, sorted, parents before children; never follows symlinks."""
+    def walk(self, root: Path) -> Iterator[tuple[str | None, list[tuple[str, os.stat_result]]]]:
+        """Depth-first, sorted, parents before children; never follows symlinks.
+
+        Yields ``(None, [(root, stat)])`` first, then ``(directory, children)`` for each
+        directory listed, so a whole directory can be judged unchanged at once.
+        """
         try:
             root_stat = os.lstat(root)
         except FileNotFoundError:
             self.note("warning", "vanished", stored_path(root), "vanished before it was read")
             return
-        yield os.fspath(root), root_stat
+        yield None, [(os.fspath(root), root_stat)]
         stack = [os.fspath(root)] if stat.S_ISDIR(root_stat.st_mode) else []
         while stack:
             directory = stack.pop()
@@ -352,6 +336,7 @@ class _Backup:
                 self.note("error", "unreadable", stored_path(directory),
                           f"cannot list directory: {exc.strerror or exc}")
                 continue
+            children: list[tuple[str, os.stat_result]] = []
             subdirs: list[str] = []
             for dirent in names:
                 path = dirent.path
@@ -367,10 +352,43 @@ class _Backup:
                 except OSError as exc:
                     self.note("error", "unreadable", stored_path(path), str(exc.strerror or exc))
                     continue
-                yield path, st
+                children.append((path, st))
                 if stat.S_ISDIR(st.st_mode):
                     subdirs.append(path)
+            yield directory, children
             stack.extend(reversed(subdirs))
+
+    def directory(self, directory: str | None,
+                  children: list[tuple[str, os.stat_result]]) -> None:
+        """Record a listed directory: link its previous version when nothing in it
+        changed, else entry by entry."""
+        if directory is not None and not self.force:
+            version = self.cache.unchanged_dir(
+                stored_path(directory), [(stored_path(p), st) for p, st in children])
+            if version is not None:
+                self.link(version)
+                return
+        for path, st in children:
+            self.entry(path, st)
+
+    def link(self, version: DirVersion) -> None:
+        """Count a linked directory's entries as if each had been found unchanged."""
+        self.linked.append(version.id)
+        files = size = 0
+        for kind, entry_size, chunk_count in version.entries():
+            if kind == "dir":
+                self.stats.dirs += 1
+            elif kind == "symlink":
+                self.stats.symlinks += 1
+            else:
+                files += 1
+                size += entry_size
+                self.stats.chunks += chunk_count
+        self.stats.files += files
+        self.stats.files_unchanged += files
+        self.stats.bytes_total += size
+        self.progress.advance(files=files, bytes=size)
+        self.drain()
 
     # -- one entry ---------------------------------------------------------------------
 
@@ -404,14 +422,15 @@ class _Backup:
         self.drain()
 
     def regular_file(self, path: str, rel: str, base: dict, st: os.stat_result) -> None:
-        cached = None if self.force else self.cache.get(rel)
-        if cached is not None and unchanged(cached, st):
+        cached = None if self.force else self.cache.file(rel)
+        if cached is not None and cached.unchanged(st):
+            chunks = self.cache.chunks(cached)
             self.stats.files += 1
             self.stats.files_unchanged += 1
             self.stats.bytes_total += cached.size
-            self.stats.chunks += len(cached.chunks)
+            self.stats.chunks += len(chunks)
             self.ready_files.append(FileEntry(type="file", size=cached.size,
-                                              chunks=cached.chunks, **base))
+                                              chunks=chunks, **base))
             self.progress.advance(files=1, bytes=cached.size)
             return
         if 0 < st.st_size <= self.chunker.single_chunk_limit:
@@ -547,6 +566,16 @@ def scan_sizes(roots: list[Path], excluded: set[str]) -> Iterator[int]:
                     continue
 
 
+def outermost(roots: list[Path]) -> list[Path]:
+    """The sources without repeats and without those inside another source (whose walk
+    covers them), in the order given: each path is recorded once per backup."""
+    kept: list[Path] = []
+    for root in roots:
+        if root not in kept and not any(other in root.parents for other in roots):
+            kept.append(root)
+    return kept
+
+
 def run_backup(repo: Repository, sources: list[str | os.PathLike[str]], *,
                force: bool = False, progress: Progress = NO_PROGRESS) -> BackupResult:
     """Back up ``sources``; raise on storage failure (after marking the backup failed).
@@ -554,7 +583,7 @@ def run_backup(repo: Repository, sources: list[str | os.PathLike[str]], *,
     ``progress`` gets files and bytes as they are done (read, or found unchanged); its
     totals come from ``scan_sizes`` running beside the backup when it wants them.
     """
-    roots = [Path(os.path.abspath(s)) for s in sources]
+    roots = outermost([Path(os.path.abspath(s)) for s in sources])
     for root in roots:
         if not os.path.lexists(root):
             raise NotFoundError(f"source {root} does not exist")
@@ -579,9 +608,10 @@ def run_backup(repo: Repository, sources: list[str | os.PathLike[str]], *,
     status = "failed"
     try:
         for root in roots:
-            run.cache = {} if force else previous_files(manifest, root)
-            for path, st in run.walk(root):
-                run.entry(path, st)
+            run.cache = FileCache() if force else FileCache.load(
+                manifest, stored_path(root), str(root))
+            for directory, children in run.walk(root):
+                run.directory(directory, children)
         run.drain(wait=True)
         run.flush()
         status = "partial" if run.problems else "complete"

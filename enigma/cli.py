@@ -268,7 +268,8 @@ def backup(ctx: click.Context, paths: tuple[str, ...], force: bool, as_json: boo
     """Back up files and directories; prints the new backup's id.
 
     Exit code 3 means the backup was saved but some files could not be read (they are
-    listed, and recorded in the backup log).
+    listed, and recorded in the backup log). A path given twice, or inside another
+    given path, is backed up once.
 
     \b
     Example: enigma backup ~/Documents ~/Pictures

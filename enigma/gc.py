@@ -104,7 +104,8 @@ def _collect(repo: Repository, result: GcResult, dry_run: bool, progress: Progre
     if not dry_run:
         for backup_id in result.stale_backups:
             manifest.delete_backup(backup_id)
-    garbage = manifest.unreferenced_chunks()
+        manifest.drop_unlinked_dirs()  # what forget left: no backup can link them now
+    garbage = manifest.unreferenced_chunks(counting_unlinked=dry_run)
     result.chunks = len(garbage)
     result.bytes = sum(c.stored_size * len(c.providers) for c in garbage)
     dead_packs = _dead_packs(manifest, garbage)

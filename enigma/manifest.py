@@ -244,10 +244,85 @@ _MIGRATION_2 = _sql(
     "CREATE INDEX chunks_pack ON chunks(pack) WHERE pack IS NOT NULL",
 )
 
+
+def parent_path(path: str) -> str:
+    """The stored path of the directory holding ``path`` ("" for a top-level entry)."""
+    return path.rpartition("/")[0]
+
+
+def _migration_3(conn: sqlite3.Connection) -> None:
+    """Version 3: a backup's entries live in directory versions (``dirs``) that later
+    backups share when nothing in the directory changed (restic's trees, in SQL): a
+    no-change re-backup writes a row per directory, not per file.
+
+    Each existing backup's entries become its own directory versions. ``files`` and
+    ``file_chunks`` are rebuilt (SQLite cannot change a column's foreign key in place):
+    renamed away first, which also repoints ``file_chunks``' reference, so dropping the
+    old tables cascades into nothing.
+    """
+    conn.create_function("enigma_parent", 1, parent_path, deterministic=True)
+    for statement in (
+        "ALTER TABLE file_chunks RENAME TO file_chunks_v2",
+        "ALTER TABLE files RENAME TO files_v2",
+        # origin: the backup that recorded the version (no foreign key: the version
+        # outlives it while later backups share it). path: its entries' parent.
+        """CREATE TABLE dirs (
+            id     INTEGER PRIMARY KEY,
+            origin TEXT NOT NULL,
+            path   TEXT NOT NULL,
+            UNIQUE (origin, path)
+        )""",
+        """CREATE TABLE backup_dirs (
+            backup_id TEXT NOT NULL REFERENCES backups(id) ON DELETE CASCADE,
+            dir_id    INTEGER NOT NULL REFERENCES dirs(id),
+            PRIMARY KEY (backup_id, dir_id)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX backup_dirs_dir ON backup_dirs(dir_id)",
+        """CREATE TABLE files (
+            id       INTEGER PRIMARY KEY,
+            dir_id   INTEGER NOT NULL REFERENCES dirs(id) ON DELETE CASCADE,
+            path     TEXT NOT NULL,
+            type     TEXT NOT NULL,
+            size     INTEGER NOT NULL,
+            mode     INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL,
+            target   TEXT,
+            uid      INTEGER NOT NULL,
+            gid      INTEGER NOT NULL,
+            inode    INTEGER NOT NULL,
+            ctime_ns INTEGER NOT NULL,
+            UNIQUE (dir_id, path)
+        )""",
+        """CREATE TABLE file_chunks (
+            file_id  INTEGER NOT NULL REFERENCES files(id) ON DELETE CASCADE,
+            seq      INTEGER NOT NULL,
+            chunk_id BLOB NOT NULL REFERENCES chunks(id),
+            "offset" INTEGER NOT NULL,
+            length   INTEGER NOT NULL,
+            PRIMARY KEY (file_id, seq)
+        ) WITHOUT ROWID""",
+        "INSERT INTO dirs (origin, path) SELECT DISTINCT backup_id, enigma_parent(path)"
+        " FROM files_v2 ORDER BY 1, 2",
+        "INSERT INTO backup_dirs (backup_id, dir_id) SELECT origin, id FROM dirs",
+        "INSERT INTO files SELECT f.id, d.id, f.path, f.type, f.size, f.mode, f.mtime_ns,"
+        " f.target, f.uid, f.gid, f.inode, f.ctime_ns FROM files_v2 f"
+        " JOIN dirs d ON d.origin = f.backup_id AND d.path = enigma_parent(f.path)",
+        "INSERT INTO file_chunks SELECT * FROM file_chunks_v2",
+        "DROP TABLE file_chunks_v2",
+        "DROP TABLE files_v2",
+        "CREATE INDEX file_chunks_chunk ON file_chunks(chunk_id)",
+    ):
+        conn.execute(statement)
+
+
 #: Applied in order; migration ``i`` (0-based) brings the schema to version ``i + 1``.
 #: Append only: never edit a migration that has shipped.
-MIGRATIONS: tuple[_Migration, ...] = (_MIGRATION_1, _MIGRATION_2)
+MIGRATIONS: tuple[_Migration, ...] = (_MIGRATION_1, _MIGRATION_2, _migration_3)
 SCHEMA_VERSION = len(MIGRATIONS)
+
+#: Directory versions no backup links: left by ``delete_backup`` for gc to drop.
+_UNLINKED_DIRS = ("SELECT d.id FROM dirs d WHERE NOT EXISTS"
+                  " (SELECT 1 FROM backup_dirs bd WHERE bd.dir_id = d.id)")
 
 #: Bound on ``?`` parameters per ``IN (...)`` list: far below SQLite's limit, and keeps
 #: statements small enough to be cheap to prepare.
@@ -357,6 +432,22 @@ def _file_from_row(row: tuple) -> FileEntry:
     )
 
 
+def _files_from_rows(rows: Iterable[tuple]) -> Iterator[FileEntry]:
+    """Entries from rows of ``_FILE_COLUMNS`` + (chunk id, offset, length), one row per
+    chunk (a LEFT JOIN: NULLs for an entry without chunks), grouped by file id."""
+    current: FileEntry | None = None
+    current_id = None
+    for row in rows:
+        if row[0] != current_id:
+            if current is not None:
+                yield current
+            current, current_id = _file_from_row(row), row[0]
+        if row[11] is not None:
+            current.chunks.append(ChunkRef(bytes(row[11]), row[12], row[13]))
+    if current is not None:
+        yield current
+
+
 def _object_from_row(row: tuple) -> ObjectRecord:
     return ObjectRecord(
         bucket=row[0],
@@ -397,10 +488,12 @@ class Manifest:
         "add_chunks",
         "begin_backup",
         "add_files",
+        "link_dirs",
         "log",
         "finish_backup",
         "backup_progress",
         "delete_backup",
+        "drop_unlinked_dirs",
         "delete_chunks",
         "set_chunk_providers",
         "move_chunks",
@@ -498,6 +591,10 @@ class Manifest:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+            if 0 < version < 3:
+                # Migration 3 rebuilt the file tables: give the old pages back to the disk
+                # (the manifest is also copied into every snapshot).
+                conn.execute("VACUUM")
 
     @staticmethod
     def _header(conn: sqlite3.Connection) -> tuple[int, int]:
@@ -638,7 +735,7 @@ class Manifest:
         """Replace the whole database with the copy at ``path`` (a ``snapshot_to`` file).
 
         The connection stays valid, so holders of this object keep working; a node that
-        installs a snapshot from its leader uses this.
+        installs a snapshot from its leader uses this. An older schema is migrated.
         """
         with self._lock:
             self._check_open()
@@ -649,6 +746,7 @@ class Manifest:
                 source.backup(self._conn)
             finally:
                 source.close()
+            self._migrate()  # a copy made by an older Enigma
 
     def apply(self, op: str, *args: Any, **kwargs: Any) -> Any:
         """Run the mutating operation named ``op``: how a replicated log replays entries.
@@ -808,12 +906,14 @@ class Manifest:
             )
 
     def add_files(self, backup_id: str, files: list[FileEntry]) -> None:
-        """Add a batch of files and count their chunk references, all or nothing.
+        """Add a batch of entries and count their chunk references, all or nothing.
 
-        Every referenced chunk must already be in ``chunks`` (the manifest only points at
-        stored data); otherwise IntegrityError and nothing of the batch is kept. File ids
-        are MAX(id)+1.. inside the transaction, deterministic on every replica, which lets
-        both inserts go through ``executemany``.
+        Each entry goes into this backup's own version of its parent directory, made on
+        first use (a directory's entries may come in several batches). Every referenced
+        chunk must already be in ``chunks`` (the manifest only points at stored data);
+        otherwise IntegrityError and nothing of the batch is kept. Ids are MAX(id)+1..
+        inside the transaction, deterministic on every replica, which lets the inserts go
+        through ``executemany``.
         """
         with self._write() as conn:
             self._require_backup(conn, backup_id)
@@ -826,14 +926,15 @@ class Manifest:
                     f"backup {backup_id}: {len(missing)} referenced chunk(s) are not in the "
                     f"manifest: {_hex_list(missing)}"
                 )
+            dir_ids = self._own_dirs(conn, backup_id, {parent_path(e.path) for e in files})
             base = conn.execute("SELECT COALESCE(MAX(id), 0) FROM files").fetchone()[0]
             conn.executemany(
-                "INSERT INTO files (id, backup_id, path, type, size, mode, mtime_ns, target,"
+                "INSERT INTO files (id, dir_id, path, type, size, mode, mtime_ns, target,"
                 " uid, gid, inode, ctime_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     (
                         base + i,
-                        backup_id,
+                        dir_ids[parent_path(e.path)],
                         e.path,
                         e.type,
                         e.size,
@@ -858,6 +959,44 @@ class Manifest:
                 ),
             )
             self._add_refs(conn, counts, +1)
+
+    @staticmethod
+    def _own_dirs(conn: sqlite3.Connection, backup_id: str, paths: set[str]) -> dict[str, int]:
+        """path -> id of ``backup_id``'s own version of each directory, made if missing."""
+        ids: dict[str, int] = {}
+        for path in sorted(paths):  # sorted: the same ids on every replica
+            row = conn.execute("SELECT id FROM dirs WHERE origin = ? AND path = ?",
+                               (backup_id, path)).fetchone()
+            if row is None:
+                dir_id = conn.execute("INSERT INTO dirs (origin, path) VALUES (?, ?)",
+                                      (backup_id, path)).lastrowid
+                conn.execute("INSERT INTO backup_dirs (backup_id, dir_id) VALUES (?, ?)",
+                             (backup_id, dir_id))
+                ids[path] = dir_id
+            else:
+                ids[path] = row[0]
+        return ids
+
+    def link_dirs(self, backup_id: str, dir_ids: list[int]) -> None:
+        """Make directory versions recorded by earlier backups part of ``backup_id`` as
+        they are: what a re-backup does for a directory in which nothing changed. The
+        versions' chunk references are already counted (once per version, not per
+        backup), so this writes one row per directory and nothing else."""
+        with self._write() as conn:
+            self._require_backup(conn, backup_id)
+            wanted = {int(i) for i in dir_ids}
+            found: set[int] = set()
+            for batch in _batches(wanted):
+                rows = conn.execute(f"SELECT id FROM dirs WHERE id IN ({_marks(len(batch))})",
+                                    batch)
+                found.update(r[0] for r in rows)
+            if wanted - found:
+                raise IntegrityError(
+                    f"backup {backup_id}: {len(wanted - found)} directory version(s) are "
+                    f"not in the manifest: {sorted(wanted - found)[:3]}")
+            conn.executemany(
+                "INSERT OR IGNORE INTO backup_dirs (backup_id, dir_id) VALUES (?, ?)",
+                ((backup_id, i) for i in sorted(wanted)))
 
     def log(self, backup_id: str, entries: list[LogEntry]) -> None:
         """Append audit-trail lines; kept even after the backup is deleted."""
@@ -886,18 +1025,33 @@ class Manifest:
                          (_dumps(stats), backup_id))
 
     def delete_backup(self, backup_id: str) -> None:
-        """Forget a backup and release its chunk references; its log stays as audit trail."""
+        """Forget a backup; its log stays as audit trail.
+
+        Its directory versions stay until gc drops the ones no backup links any more
+        (``drop_unlinked_dirs``, with the repository locked): a backup running meanwhile
+        may be about to link them, like restic's forget leaving the trees to prune.
+        """
         with self._write() as conn:
             self._require_backup(conn, backup_id)
-            conn.execute(
-                "UPDATE chunks SET refcount = refcount - r.n"
-                " FROM (SELECT fc.chunk_id AS chunk_id, count(*) AS n"
-                "       FROM files f JOIN file_chunks fc ON fc.file_id = f.id"
-                "       WHERE f.backup_id = ? GROUP BY fc.chunk_id) AS r"
-                " WHERE chunks.id = r.chunk_id",
-                (backup_id,),
-            )
-            conn.execute("DELETE FROM backups WHERE id = ?", (backup_id,))
+            conn.execute("DELETE FROM backups WHERE id = ?", (backup_id,))  # cascades
+
+    def drop_unlinked_dirs(self) -> int:
+        """Delete the directory versions no backup links and release their chunk
+        references (gc's first step); returns how many went."""
+        with self._write() as conn:
+            dead = [r[0] for r in conn.execute(_UNLINKED_DIRS)]
+            for batch in _batches(dead):
+                marks = _marks(len(batch))
+                conn.execute(
+                    "UPDATE chunks SET refcount = refcount - r.n"
+                    " FROM (SELECT fc.chunk_id AS chunk_id, count(*) AS n"
+                    "       FROM files f JOIN file_chunks fc ON fc.file_id = f.id"
+                    f"       WHERE f.dir_id IN ({marks}) GROUP BY fc.chunk_id) AS r"
+                    " WHERE chunks.id = r.chunk_id",
+                    batch,
+                )
+                conn.execute(f"DELETE FROM dirs WHERE id IN ({marks})", batch)  # cascades
+        return len(dead)
 
     # -- mutations: gateway buckets and objects -----------------------------------------
 
@@ -1055,14 +1209,29 @@ class Manifest:
             )
             yield from _group_chunks(rows)
 
-    def unreferenced_chunks(self) -> list[ChunkRecord]:
-        """Chunks nothing points at: gc's candidates."""
-        with self._read() as conn:
-            rows = conn.execute(
+    def unreferenced_chunks(self, *, counting_unlinked: bool = False) -> list[ChunkRecord]:
+        """Chunks nothing points at: gc's candidates. ``counting_unlinked`` also counts
+        those only directory versions no backup links point at (what gc's dry run shows
+        before ``drop_unlinked_dirs`` would release them); that reads every chunk row."""
+        if counting_unlinked:
+            sql = (
+                f"WITH dead AS ({_UNLINKED_DIRS}),"
+                " released AS (SELECT fc.chunk_id AS chunk_id, count(*) AS n"
+                "   FROM dead JOIN files f ON f.dir_id = dead.id"
+                "   JOIN file_chunks fc ON fc.file_id = f.id GROUP BY fc.chunk_id)"
+                f" SELECT {_CHUNK_COLUMNS}, l.provider FROM chunks c"
+                " LEFT JOIN released r ON r.chunk_id = c.id"
+                " LEFT JOIN chunk_locations l ON l.chunk_id = c.id"
+                " WHERE c.refcount = COALESCE(r.n, 0) ORDER BY c.id, l.provider"
+            )
+        else:
+            sql = (
                 f"SELECT {_CHUNK_COLUMNS}, l.provider FROM chunks c INDEXED BY chunks_unreferenced"
                 " LEFT JOIN chunk_locations l ON l.chunk_id = c.id"
                 " WHERE c.refcount = 0 ORDER BY c.id, l.provider"
-            ).fetchall()
+            )
+        with self._read() as conn:
+            rows = conn.execute(sql).fetchall()
         return list(_group_chunks(rows))
 
     def chunk_stats(self) -> dict[str, tuple[int, int]]:
@@ -1120,53 +1289,93 @@ class Manifest:
             )
         raise NotFoundError(f"no backup {id_or_prefix!r} (see: enigma list)")
 
-    def iter_files(self, backup_id: str, prefix: str | None = None) -> Iterator[FileEntry]:
-        """A backup's entries in path order with their chunks, streamed.
-
-        ``prefix`` selects that path and everything below it: "a/b" matches "a/b" and
-        "a/b/c" but not "a/bc". One ordered join, read row by row on a private connection,
-        so a million-file backup is never held in memory.
-        """
-        sql = (
-            f'SELECT {_FILE_COLUMNS}, fc.chunk_id, fc."offset", fc.length'
-            " FROM files f LEFT JOIN file_chunks fc ON fc.file_id = f.id"
-            " WHERE f.backup_id = ?"
-        )
+    @staticmethod
+    def _dirs_of(conn: sqlite3.Connection, backup_id: str,
+                 prefix: str | None = None) -> list[tuple[int, str]]:
+        """(id, path) of the directory versions of a backup that hold ``prefix`` or
+        anything below it (all of them without a prefix), in path order."""
+        sql = ("SELECT d.id, d.path FROM backup_dirs bd JOIN dirs d ON d.id = bd.dir_id"
+               " WHERE bd.backup_id = ?")
         params: list[object] = [backup_id]
-        if prefix is not None:
-            prefix = prefix.rstrip("/")
         if prefix:
             # "/" is 0x2F and "0" is 0x30: [prefix + "/", prefix + "0") is exactly the
-            # subtree in binary collation, and uses the (backup_id, path) index.
-            sql += " AND (f.path = ? OR (f.path >= ? AND f.path < ?))"
-            params += [prefix, prefix + "/", prefix + "0"]
-        sql += " ORDER BY f.path, fc.seq"
+            # subtree in binary collation.
+            sql += " AND (d.path IN (?, ?) OR (d.path >= ? AND d.path < ?))"
+            params += [parent_path(prefix), prefix, prefix + "/", prefix + "0"]
+        return conn.execute(sql + " ORDER BY d.path, d.id", params).fetchall()
+
+    def iter_files(self, backup_id: str, prefix: str | None = None) -> Iterator[FileEntry]:
+        """A backup's entries with their chunks in tree order (depth first, each
+        directory's entries by name, a directory right before what it holds: ``find``'s
+        and ``restic ls``' order), streamed.
+
+        ``prefix`` selects that path and everything below it: "a/b" matches "a/b" and
+        "a/b/c" but not "a/bc". A query per directory version, on a private connection
+        inside one read transaction (one consistent snapshot), so a million-file backup
+        is never held in memory; only its directory paths are.
+        """
+        if prefix is not None:
+            prefix = prefix.rstrip("/")
+        sql = (
+            f'SELECT {_FILE_COLUMNS}, fc.chunk_id, fc."offset", fc.length'
+            " FROM files f LEFT JOIN file_chunks fc ON fc.file_id = f.id WHERE f.dir_id = ?"
+        )
         with self._reader() as conn:
-            current: FileEntry | None = None
-            current_id = None
-            for row in conn.execute(sql, params):
-                if row[0] != current_id:
-                    if current is not None:
-                        yield current
-                    current, current_id = _file_from_row(row), row[0]
-                if row[11] is not None:
-                    current.chunks.append(ChunkRef(bytes(row[11]), row[12], row[13]))
-            if current is not None:
-                yield current
+            conn.execute("BEGIN")
+            versions: dict[str, list[int]] = {}
+            # path -> the paths one level deeper that lead to versions. Whole paths, not
+            # names: a hostile "/tmp" and "tmp" share the name and must both be reached.
+            below: dict[str, set[str]] = {}
+            top = prefix or ""
+            for dir_id, path in self._dirs_of(conn, backup_id, prefix):
+                if prefix and path == parent_path(prefix):
+                    rows = conn.execute(sql + " AND f.path = ? ORDER BY fc.seq",
+                                        (dir_id, prefix))
+                    yield from _files_from_rows(rows)
+                    continue
+                versions.setdefault(path, []).append(dir_id)
+                while path != top:  # parent_path shortens: this ends at "" at the latest
+                    parent = parent_path(path)
+                    below.setdefault(parent, set()).add(path)
+                    path = parent
+
+            def name(path: str) -> str:
+                return path.rpartition("/")[2]
+
+            def visit(path: str) -> Iterator[FileEntry]:
+                deeper = iter(sorted(below.get(path, ()), key=name))
+                pending = next(deeper, None)
+                for dir_id in versions.get(path, ()):
+                    for entry in _files_from_rows(
+                            conn.execute(sql + " ORDER BY f.path, fc.seq", (dir_id,))):
+                        while pending is not None and name(pending) < name(entry.path):
+                            yield from visit(pending)
+                            pending = next(deeper, None)
+                        yield entry
+                        if pending == entry.path:
+                            yield from visit(pending)
+                            pending = next(deeper, None)
+                while pending is not None:
+                    yield from visit(pending)
+                    pending = next(deeper, None)
+
+            yield from visit(top)
 
     def file_count(self, backup_id: str) -> int:
         """Number of entries (files, dirs, symlinks) in a backup."""
         with self._read() as conn:
             return conn.execute(
-                "SELECT count(*) FROM files WHERE backup_id = ?", (backup_id,)
+                "SELECT count(*) FROM backup_dirs bd JOIN files f ON f.dir_id = bd.dir_id"
+                " WHERE bd.backup_id = ?", (backup_id,)
             ).fetchone()[0]
 
     def backup_chunk_ids(self, backup_id: str) -> Iterator[bytes]:
         """Each distinct chunk id a backup uses, once, streamed (for verify)."""
         with self._reader() as conn:
             rows = conn.execute(
-                "SELECT DISTINCT fc.chunk_id FROM files f"
-                " JOIN file_chunks fc ON fc.file_id = f.id WHERE f.backup_id = ?",
+                "SELECT DISTINCT fc.chunk_id FROM backup_dirs bd"
+                " JOIN files f ON f.dir_id = bd.dir_id"
+                " JOIN file_chunks fc ON fc.file_id = f.id WHERE bd.backup_id = ?",
                 (backup_id,),
             )
             for row in rows:
@@ -1185,7 +1394,8 @@ class Manifest:
                 rows = conn.execute(
                     "SELECT fc.chunk_id, f.path FROM file_chunks fc"
                     " JOIN files f ON f.id = fc.file_id"
-                    f" WHERE fc.chunk_id IN ({_marks(len(batch))}) AND f.backup_id = ?",
+                    " JOIN backup_dirs bd ON bd.dir_id = f.dir_id"
+                    f" WHERE fc.chunk_id IN ({_marks(len(batch))}) AND bd.backup_id = ?",
                     [*batch, backup_id],
                 ).fetchall()
             for chunk_id, path in rows:
@@ -1196,10 +1406,43 @@ class Manifest:
         """chunk id -> sorted (backup id, path) of every file in any backup that uses it,
         so ``check`` can name what a damaged chunk hurts. Unused chunks are absent."""
         return self._chunk_users(
-            "SELECT fc.chunk_id, f.backup_id, f.path FROM file_chunks fc"
-            " JOIN files f ON f.id = fc.file_id WHERE fc.chunk_id IN ({marks})",
+            "SELECT fc.chunk_id, bd.backup_id, f.path FROM file_chunks fc"
+            " JOIN files f ON f.id = fc.file_id JOIN backup_dirs bd ON bd.dir_id = f.dir_id"
+            " WHERE fc.chunk_id IN ({marks})",
             chunk_ids,
         )
+
+    def file_cache(self, backup_id: str,
+                   prefix: str | None = None) -> Iterator[tuple[int, str, tuple]]:
+        """What a re-backup compares the disk with: (directory version id, its path, row)
+        for each entry of a backup at or below ``prefix``. A row is the plain tuple
+        ``_FILE_COLUMNS`` + the entry's chunk count, no ``FileEntry``: a re-backup that
+        changed nothing reads tens of thousands of these and builds none. Chunk lists
+        are left out (``dir_chunks`` fetches a directory's when one of its files is
+        reused)."""
+        sql = (f"SELECT {_FILE_COLUMNS}, (SELECT count(*) FROM file_chunks fc"
+               " WHERE fc.file_id = f.id) FROM files f WHERE f.dir_id = ?")
+        with self._reader() as conn:
+            conn.execute("BEGIN")
+            for dir_id, path in self._dirs_of(conn, backup_id, prefix):
+                if prefix and path == parent_path(prefix):
+                    rows = conn.execute(sql + " AND f.path = ?", (dir_id, prefix))
+                else:
+                    rows = conn.execute(sql, (dir_id,))
+                for row in rows:
+                    yield dir_id, path, row
+
+    def dir_chunks(self, dir_id: int) -> dict[str, list[ChunkRef]]:
+        """path -> chunk list of each regular file in one directory version."""
+        result: dict[str, list[ChunkRef]] = {}
+        with self._read() as conn:
+            rows = conn.execute(
+                'SELECT f.path, fc.chunk_id, fc."offset", fc.length FROM files f'
+                " JOIN file_chunks fc ON fc.file_id = f.id WHERE f.dir_id = ?"
+                " ORDER BY f.path, fc.seq", (dir_id,)).fetchall()
+        for path, chunk_id, offset, length in rows:
+            result.setdefault(path, []).append(ChunkRef(bytes(chunk_id), offset, length))
+        return result
 
     def chunk_objects(self, chunk_ids: Iterable[bytes]) -> dict[bytes, list[tuple[str, str]]]:
         """chunk id -> sorted (bucket, key) of every gateway object (multipart parts
@@ -1292,27 +1535,22 @@ class Manifest:
         without chunks: (name, entry), the entry None for a directory only implied by
         deeper paths (the parents of a backup's sources). At most ``limit`` children.
 
-        A loose index scan: one indexed seek per child that skips the child's subtree, so
-        a folder costs about its own size, not its subtree's (the dashboard's browser).
+        Reads the directory's own version(s) and the paths of the versions below it, so
+        a folder costs about its own size plus its subtree's directory count (the
+        dashboard's browser).
         """
-        base = path.strip("/") + "/" if path.strip("/") else ""
-        upper = " AND f.path < ?" if base else ""
-        sql = f"SELECT {_FILE_COLUMNS} FROM files f WHERE f.backup_id = ? AND f.path {{op}} ?"
-        sql += upper + " ORDER BY f.path LIMIT 1"
+        base = path.strip("/")
         children: dict[str, FileEntry | None] = {}
-        bound, op = base, ">="
         with self._reader() as conn:
-            while len(children) < limit:
-                params = [backup_id, bound] + ([base[:-1] + "0"] if base else [])
-                row = conn.execute(sql.format(op=op), params).fetchone()
-                if row is None:
-                    break
-                name, sep, _rest = row[1][len(base):].partition("/")
-                if not sep:  # the child's own row: its subtree (if any) follows it
-                    if name:
-                        children[name] = _file_from_row(row)
-                    bound, op = row[1], ">"
-                else:  # deeper: the child is a directory; skip the rest of its subtree
+            conn.execute("BEGIN")
+            for dir_id, dir_path in self._dirs_of(conn, backup_id, base or None):
+                if dir_path == base:
+                    rows = conn.execute(
+                        f"SELECT {_FILE_COLUMNS} FROM files f WHERE f.dir_id = ?"
+                        " ORDER BY f.path LIMIT ?", (dir_id, limit))
+                    for row in rows:
+                        children[row[1].rpartition("/")[2]] = _file_from_row(row)
+                elif dir_path.startswith(base + "/" if base else ""):
+                    name = dir_path[len(base) + 1 if base else 0:].partition("/")[0]
                     children.setdefault(name, None)
-                    bound, op = base + name + "0", ">="
-        return sorted(children.items())
+        return sorted(children.items())[:limit]

@@ -273,6 +273,10 @@ def test_refcounts_with_shared_chunks_and_delete_backup(m: Manifest) -> None:
 
     m.log("b1", [LogEntry(at=5.0, level="info", event="finished", message="ok")])
     m.delete_backup("b1")
+    # its directory versions keep their references until gc drops them
+    assert [refcount(m, i) for i in (1, 2, 3, 4)] == [3, 2, 1, 0]
+    assert m.drop_unlinked_dirs() == 1
+    assert m.drop_unlinked_dirs() == 0
     assert [refcount(m, i) for i in (1, 2, 3, 4)] == [1, 0, 1, 0]
     assert m.file_count("b1") == 0
     assert list(m.iter_files("b1")) == []
@@ -282,6 +286,10 @@ def test_refcounts_with_shared_chunks_and_delete_backup(m: Manifest) -> None:
         m.delete_backup("b1")
 
     m.delete_backup("b2")
+    assert {c.id for c in m.unreferenced_chunks(counting_unlinked=True)} == {
+        cid(i) for i in (1, 2, 3, 4)}
+    assert {c.id for c in m.unreferenced_chunks()} == {cid(2), cid(4)}
+    m.drop_unlinked_dirs()
     assert [refcount(m, i) for i in (1, 2, 3, 4)] == [0, 0, 0, 0]
     assert m._conn.execute("SELECT count(*) FROM file_chunks").fetchone()[0] == 0
 
@@ -367,7 +375,10 @@ def test_iter_files_order_chunks_and_prefix(m: Manifest) -> None:
     m.add_files("b", [fentry(p, 3, 1, 2) if p == "a/b/c" else fentry(p) for p in paths[:5]])
     m.add_files("b", [fentry(p) for p in paths[5:]])
     got = list(m.iter_files("b"))
-    assert [f.path for f in got] == sorted(paths, key=lambda p: p.encode())
+    # tree order: depth first, a directory right before its contents ("a/b.txt" after
+    # "a/b"'s subtree although "." sorts before "/"); "a/b/d" is implied by "a/b/d/e"
+    assert [f.path for f in got] == sorted(paths, key=lambda p: p.split("/"))
+    assert [f.path for f in got][:5] == ["a", "a/b", "a/b/c", "a/b/d/e", "a/b.txt"]
     cfile = next(f for f in got if f.path == "a/b/c")
     assert [r.chunk_id for r in cfile.chunks] == [cid(3), cid(1), cid(2)]
     assert [r.offset for r in cfile.chunks] == [0, 100, 200]
@@ -633,6 +644,7 @@ def test_batch_of_20k_files_is_fast(m: Manifest) -> None:
     assert sum(c.refcount for c in m.iter_chunks()) == 40_000
     assert sum(1 for _ in m.iter_files("big")) == 20_000
     m.delete_backup("big")
+    m.drop_unlinked_dirs()
     assert sum(c.refcount for c in m.iter_chunks()) == 0
 
 

@@ -468,6 +468,7 @@ def test_a_resumed_backup_never_mixes_shards_of_two_encodings(tmp_path: Path) ->
     # What a kill leaves: shards on a and b, none yet on c, no chunk rows, a backup that
     # never finished.
     repo.manifest.delete_backup(first.backup_id)
+    repo.manifest.drop_unlinked_dirs()
     repo.manifest.delete_chunks(ids)
     assert not list(repo.manifest.iter_chunk_ids())
     for chunk_id in ids:

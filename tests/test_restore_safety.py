@@ -69,8 +69,11 @@ def tamper(repo: Repo, *entries: Hostile) -> None:
     conn = sqlite3.connect(repo.enigma.config_dir / "manifest.db")
     try:
         with conn:
-            (file_id,) = conn.execute(
-                "SELECT id FROM files WHERE backup_id = ? AND path = ?",
+            # the hostile entries go into keep.txt's directory version, which the backup
+            # lists whatever their paths claim
+            (file_id, dir_id) = conn.execute(
+                "SELECT f.id, f.dir_id FROM files f JOIN backup_dirs bd ON bd.dir_id = f.dir_id"
+                " WHERE bd.backup_id = ? AND f.path = ?",
                 (repo.backup_id, f"{repo.stored}/keep.txt"),
             ).fetchone()
             chunks = conn.execute(
@@ -80,10 +83,10 @@ def tamper(repo: Repo, *entries: Hostile) -> None:
             assert chunks, "keep.txt should have at least one chunk"
             for entry in entries:
                 cursor = conn.execute(
-                    "INSERT INTO files (backup_id, path, type, size, mode, mtime_ns, target,"
+                    "INSERT INTO files (dir_id, path, type, size, mode, mtime_ns, target,"
                     " uid, gid, inode, ctime_ns) VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, 0, 0)",
                     (
-                        repo.backup_id,
+                        dir_id,
                         entry.path,
                         entry.type,
                         len(KEEP) if entry.type == "file" else 0,

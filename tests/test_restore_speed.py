@@ -65,12 +65,14 @@ def chunk_region(enigma: Enigma, backup_id: str, stored_path: str,
     try:
         (chunk_id,) = conn.execute(
             "SELECT fc.chunk_id FROM files f JOIN file_chunks fc ON fc.file_id = f.id"
-            " WHERE f.backup_id = ? AND f.path = ? AND fc.seq = ?",
+            " JOIN backup_dirs bd ON bd.dir_id = f.dir_id"
+            " WHERE bd.backup_id = ? AND f.path = ? AND fc.seq = ?",
             (backup_id, stored_path, seq),
         ).fetchone()
         (chunks,) = conn.execute(
             "SELECT count(*) FROM file_chunks fc JOIN files f ON fc.file_id = f.id"
-            " WHERE f.backup_id = ? AND f.path = ?", (backup_id, stored_path)).fetchone()
+            " JOIN backup_dirs bd ON bd.dir_id = f.dir_id"
+            " WHERE bd.backup_id = ? AND f.path = ?", (backup_id, stored_path)).fetchone()
     finally:
         conn.close()
     assert chunks > seq
