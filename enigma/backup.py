@@ -205,7 +205,10 @@ class _Backup:
     def _take_records(self, futures: list[Future[StoredChunk]]) -> None:
         for future in futures:
             stored = future.result()  # a storage failure stops the backup here
-            record = stored.record
+            # A copy of a chunk another file had in flight has no record of its own; if
+            # it drains first (its group was claimed second but its file comes first),
+            # it must record the chunk, or its file row would point at no chunk row.
+            record = stored.record or self.uploader.pending_record(stored.chunk_id)
             if record is not None and record.id not in self.queued:
                 self.queued.add(record.id)
                 self.ready_chunks.append(record)

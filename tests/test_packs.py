@@ -387,10 +387,12 @@ def test_gc_repacks_a_pack_whose_chunks_are_partly_unused(tmp_path: Path) -> Non
 
 
 def test_gc_leaves_a_pack_with_a_damaged_used_chunk_as_it_is(tmp_path: Path) -> None:
-    enigma, _source, _kept = pack_with_kept_and_forgotten_chunks(tmp_path)
+    enigma, _source, kept = pack_with_kept_and_forgotten_chunks(tmp_path)
     store = enigma.config_dir / "storage"
     [pack] = objects(store, "packs")
-    used = next(r for r in records(enigma.config_dir) if r.refcount > 0)
+    with Manifest(enigma.config_dir / "manifest.db") as manifest:
+        kept_ids = set(manifest.backup_chunk_ids(kept))
+    used = next(r for r in records(enigma.config_dir) if r.id in kept_ids)
     blob = bytearray(pack.read_bytes())
     blob[used.offset + used.stored_size // 2] ^= 0x01
     pack.write_bytes(bytes(blob))

@@ -206,3 +206,67 @@ def test_incompressible_large_chunks_skip_full_compression(tmp_path: Path) -> No
     text = b"compressible text, over and over. " * 40_000
     record, _sealed = store.seal(store.identify(text), text)
     assert record.compression == "zstd" and sizes == [64 * 1024, len(text)]
+
+
+def test_a_copy_met_after_its_chunk_was_recorded_is_not_stored_again(
+        tmp_path: Path) -> None:
+    """The prefilter is a snapshot of the manifest's ids taken at start; chunks recorded
+    during the run must pass it too, or a later copy of one is packed a second time (an
+    unused copy: 15 MiB of the 1 GB benchmark tree's packs were such copies)."""
+    from enigma.pipeline import ChunkUploader
+
+    repo = make_repo(tmp_path)
+    uploader = ChunkUploader(ChunkStore(repo), pack_size=1 << 20)
+    try:
+        data = os.urandom(3000)
+        first = uploader.submit(data).result()
+        assert first.record is not None and first.record.pack is not None
+        repo.manifest.add_chunks([first.record])
+        uploader.recorded([first.chunk_id])
+        again = uploader.submit(data).result()
+        assert again.chunk_id == first.chunk_id
+        assert again.record is None  # found in the manifest: not sealed, not packed again
+    finally:
+        uploader.close()
+    packs = [p for p in (tmp_path / "config" / "storage" / "packs").rglob("*") if p.is_file()]
+    assert len(packs) == 1
+
+
+def test_a_copy_whose_file_drains_before_the_original_records_the_chunk(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small files are read and identified in groups on parallel workers, so a later
+    file's copy of a chunk can claim it first. The earlier file then drains first, with
+    no record of its own; it must record the chunk before its file row (this used to fail
+    with "referenced chunk(s) are not in the manifest" when a flush fell in between)."""
+    import time
+
+    import enigma.backup as backup_module
+
+    monkeypatch.setattr(backup_module, "FLUSH_SECONDS", 0.0)  # a flush after every file
+    real_read = backup_module.read_small_file
+
+    def slow_original(path: str, limit: int) -> bytes:
+        if path.endswith("original"):
+            time.sleep(0.5)  # the copy's group, on the other worker, claims it first
+        return real_read(path, limit)
+
+    monkeypatch.setattr(backup_module, "read_small_file", slow_original)
+    repo = make_repo(tmp_path)
+    source = tmp_path / "src"
+    for folder in ("a", "m", "z"):
+        (source / folder).mkdir(parents=True)
+    data = os.urandom(3000)
+    (source / "a" / "original").write_bytes(data)
+    for i in range(backup_module.SMALL_GROUP_FILES + 5):  # the copy lands in group 2
+        (source / "m" / f"filler-{i:03}").write_bytes(os.urandom(2000))
+    (source / "z" / "copy").write_bytes(data)
+    result = run_backup(repo, [source])
+    assert result.status == "complete"
+    assert {e.path.rpartition("/")[2]: e.chunks[0].chunk_id
+            for e in repo.manifest.iter_files(result.backup_id)
+            if e.type == "file" and not e.path.endswith(tuple("0123456789"))} == {
+        "original": crypto_id(repo, data), "copy": crypto_id(repo, data)}
+
+
+def crypto_id(repo: Repository, data: bytes) -> bytes:
+    return ChunkStore(repo).identify(data)
