@@ -250,6 +250,18 @@ def parent_path(path: str) -> str:
     return path.rpartition("/")[0]
 
 
+def entry_name(path: str) -> str:
+    """What ``files.name`` holds for ``path``: the part after its parent and "/" (the
+    whole path at the top, so even a hostile "/x" reads back as it was written)."""
+    parent = parent_path(path)
+    return path[len(parent) + 1:] if parent else path
+
+
+def path_base(dir_path: str) -> str:
+    """What goes before an entry's name in a directory version's full paths."""
+    return dir_path + "/" if dir_path else ""
+
+
 def _migration_3(conn: sqlite3.Connection) -> None:
     """Version 3: a backup's entries live in directory versions (``dirs``) that later
     backups share when nothing in the directory changed (restic's trees, in SQL): a
@@ -261,6 +273,7 @@ def _migration_3(conn: sqlite3.Connection) -> None:
     old tables cascades into nothing.
     """
     conn.create_function("enigma_parent", 1, parent_path, deterministic=True)
+    conn.create_function("enigma_name", 1, entry_name, deterministic=True)
     for statement in (
         "ALTER TABLE file_chunks RENAME TO file_chunks_v2",
         "ALTER TABLE files RENAME TO files_v2",
@@ -278,10 +291,11 @@ def _migration_3(conn: sqlite3.Connection) -> None:
             PRIMARY KEY (backup_id, dir_id)
         ) WITHOUT ROWID""",
         "CREATE INDEX backup_dirs_dir ON backup_dirs(dir_id)",
+        # name: the path after the version's path and "/" (``entry_name``)
         """CREATE TABLE files (
             id       INTEGER PRIMARY KEY,
             dir_id   INTEGER NOT NULL REFERENCES dirs(id) ON DELETE CASCADE,
-            path     TEXT NOT NULL,
+            name     TEXT NOT NULL,
             type     TEXT NOT NULL,
             size     INTEGER NOT NULL,
             mode     INTEGER NOT NULL,
@@ -291,7 +305,7 @@ def _migration_3(conn: sqlite3.Connection) -> None:
             gid      INTEGER NOT NULL,
             inode    INTEGER NOT NULL,
             ctime_ns INTEGER NOT NULL,
-            UNIQUE (dir_id, path)
+            UNIQUE (dir_id, name)
         )""",
         """CREATE TABLE file_chunks (
             file_id  INTEGER NOT NULL REFERENCES files(id) ON DELETE CASCADE,
@@ -304,7 +318,8 @@ def _migration_3(conn: sqlite3.Connection) -> None:
         "INSERT INTO dirs (origin, path) SELECT DISTINCT backup_id, enigma_parent(path)"
         " FROM files_v2 ORDER BY 1, 2",
         "INSERT INTO backup_dirs (backup_id, dir_id) SELECT origin, id FROM dirs",
-        "INSERT INTO files SELECT f.id, d.id, f.path, f.type, f.size, f.mode, f.mtime_ns,"
+        "INSERT INTO files SELECT f.id, d.id, enigma_name(f.path), f.type, f.size, f.mode,"
+        " f.mtime_ns,"
         " f.target, f.uid, f.gid, f.inode, f.ctime_ns FROM files_v2 f"
         " JOIN dirs d ON d.origin = f.backup_id AND d.path = enigma_parent(f.path)",
         "INSERT INTO file_chunks SELECT * FROM file_chunks_v2",
@@ -332,9 +347,14 @@ _CHUNK_COLUMNS = (
     "c.id, c.size, c.stored_size, c.compression, c.key_id, c.refcount, c.created_at, c.pack,"
     " c.pack_offset"
 )
+#: An entry's columns, its full path made from a ``?`` parameter (``path_base`` of its
+#: version) and its name.
 _FILE_COLUMNS = (
-    "f.id, f.path, f.type, f.size, f.mode, f.mtime_ns, f.target, f.uid, f.gid, f.inode, f.ctime_ns"
+    "f.id, ? || f.name, f.type, f.size, f.mode, f.mtime_ns, f.target, f.uid, f.gid, f.inode,"
+    " f.ctime_ns"
 )
+#: An entry's full path where its version ``d`` is joined.
+_JOINED_PATH = "(CASE WHEN d.path = '' THEN f.name ELSE d.path || '/' || f.name END)"
 _BACKUP_COLUMNS = "id, created_at, finished_at, status, sources, hostname, params, stats"
 _OBJECT_COLUMNS = "bucket, key, size, etag, created_at, content_type, metadata"
 
@@ -929,13 +949,13 @@ class Manifest:
             dir_ids = self._own_dirs(conn, backup_id, {parent_path(e.path) for e in files})
             base = conn.execute("SELECT COALESCE(MAX(id), 0) FROM files").fetchone()[0]
             conn.executemany(
-                "INSERT INTO files (id, dir_id, path, type, size, mode, mtime_ns, target,"
+                "INSERT INTO files (id, dir_id, name, type, size, mode, mtime_ns, target,"
                 " uid, gid, inode, ctime_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     (
                         base + i,
                         dir_ids[parent_path(e.path)],
-                        e.path,
+                        entry_name(e.path),
                         e.type,
                         e.size,
                         e.mode,
@@ -1329,8 +1349,8 @@ class Manifest:
             top = prefix or ""
             for dir_id, path in self._dirs_of(conn, backup_id, prefix):
                 if prefix and path == parent_path(prefix):
-                    rows = conn.execute(sql + " AND f.path = ? ORDER BY fc.seq",
-                                        (dir_id, prefix))
+                    rows = conn.execute(sql + " AND f.name = ? ORDER BY fc.seq",
+                                        (path_base(path), dir_id, entry_name(prefix)))
                     yield from _files_from_rows(rows)
                     continue
                 versions.setdefault(path, []).append(dir_id)
@@ -1346,8 +1366,8 @@ class Manifest:
                 deeper = iter(sorted(below.get(path, ()), key=name))
                 pending = next(deeper, None)
                 for dir_id in versions.get(path, ()):
-                    for entry in _files_from_rows(
-                            conn.execute(sql + " ORDER BY f.path, fc.seq", (dir_id,))):
+                    for entry in _files_from_rows(conn.execute(
+                            sql + " ORDER BY f.name, fc.seq", (path_base(path), dir_id))):
                         while pending is not None and name(pending) < name(entry.path):
                             yield from visit(pending)
                             pending = next(deeper, None)
@@ -1392,8 +1412,8 @@ class Manifest:
         for batch in _batches({bytes(c) for c in chunk_ids}):
             with self._read() as conn:
                 rows = conn.execute(
-                    "SELECT fc.chunk_id, f.path FROM file_chunks fc"
-                    " JOIN files f ON f.id = fc.file_id"
+                    f"SELECT fc.chunk_id, {_JOINED_PATH} FROM file_chunks fc"
+                    " JOIN files f ON f.id = fc.file_id JOIN dirs d ON d.id = f.dir_id"
                     " JOIN backup_dirs bd ON bd.dir_id = f.dir_id"
                     f" WHERE fc.chunk_id IN ({_marks(len(batch))}) AND bd.backup_id = ?",
                     [*batch, backup_id],
@@ -1406,8 +1426,9 @@ class Manifest:
         """chunk id -> sorted (backup id, path) of every file in any backup that uses it,
         so ``check`` can name what a damaged chunk hurts. Unused chunks are absent."""
         return self._chunk_users(
-            "SELECT fc.chunk_id, bd.backup_id, f.path FROM file_chunks fc"
-            " JOIN files f ON f.id = fc.file_id JOIN backup_dirs bd ON bd.dir_id = f.dir_id"
+            f"SELECT fc.chunk_id, bd.backup_id, {_JOINED_PATH} FROM file_chunks fc"
+            " JOIN files f ON f.id = fc.file_id JOIN dirs d ON d.id = f.dir_id"
+            " JOIN backup_dirs bd ON bd.dir_id = f.dir_id"
             " WHERE fc.chunk_id IN ({marks})",
             chunk_ids,
         )
@@ -1426,9 +1447,10 @@ class Manifest:
             conn.execute("BEGIN")
             for dir_id, path in self._dirs_of(conn, backup_id, prefix):
                 if prefix and path == parent_path(prefix):
-                    rows = conn.execute(sql + " AND f.path = ?", (dir_id, prefix))
+                    rows = conn.execute(sql + " AND f.name = ?",
+                                        (path_base(path), dir_id, entry_name(prefix)))
                 else:
-                    rows = conn.execute(sql, (dir_id,))
+                    rows = conn.execute(sql, (path_base(path), dir_id))
                 for row in rows:
                     yield dir_id, path, row
 
@@ -1437,9 +1459,10 @@ class Manifest:
         result: dict[str, list[ChunkRef]] = {}
         with self._read() as conn:
             rows = conn.execute(
-                'SELECT f.path, fc.chunk_id, fc."offset", fc.length FROM files f'
+                f'SELECT {_JOINED_PATH}, fc.chunk_id, fc."offset", fc.length FROM files f'
+                " JOIN dirs d ON d.id = f.dir_id"
                 " JOIN file_chunks fc ON fc.file_id = f.id WHERE f.dir_id = ?"
-                " ORDER BY f.path, fc.seq", (dir_id,)).fetchall()
+                " ORDER BY f.name, fc.seq", (dir_id,)).fetchall()
         for path, chunk_id, offset, length in rows:
             result.setdefault(path, []).append(ChunkRef(bytes(chunk_id), offset, length))
         return result
@@ -1547,7 +1570,7 @@ class Manifest:
                 if dir_path == base:
                     rows = conn.execute(
                         f"SELECT {_FILE_COLUMNS} FROM files f WHERE f.dir_id = ?"
-                        " ORDER BY f.path LIMIT ?", (dir_id, limit))
+                        " ORDER BY f.name LIMIT ?", (path_base(dir_path), dir_id, limit))
                     for row in rows:
                         children[row[1].rpartition("/")[2]] = _file_from_row(row)
                 elif dir_path.startswith(base + "/" if base else ""):

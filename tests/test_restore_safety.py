@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from helpers import Enigma, Result, restored_root, snapshot
 
-from enigma.manifest import FileEntry
+from enigma.manifest import FileEntry, entry_name, parent_path
 from enigma.restore import UnsafePath, safe_parts
 
 KEEP = "keep me\n"
@@ -69,12 +69,11 @@ def tamper(repo: Repo, *entries: Hostile) -> None:
     conn = sqlite3.connect(repo.enigma.config_dir / "manifest.db")
     try:
         with conn:
-            # the hostile entries go into keep.txt's directory version, which the backup
-            # lists whatever their paths claim
-            (file_id, dir_id) = conn.execute(
-                "SELECT f.id, f.dir_id FROM files f JOIN backup_dirs bd ON bd.dir_id = f.dir_id"
-                " WHERE bd.backup_id = ? AND f.path = ?",
-                (repo.backup_id, f"{repo.stored}/keep.txt"),
+            (file_id,) = conn.execute(
+                "SELECT f.id FROM files f JOIN dirs d ON d.id = f.dir_id"
+                " JOIN backup_dirs bd ON bd.dir_id = f.dir_id"
+                " WHERE bd.backup_id = ? AND d.path = ? AND f.name = 'keep.txt'",
+                (repo.backup_id, repo.stored),
             ).fetchone()
             chunks = conn.execute(
                 'SELECT seq, chunk_id, "offset", length FROM file_chunks WHERE file_id = ?',
@@ -83,11 +82,11 @@ def tamper(repo: Repo, *entries: Hostile) -> None:
             assert chunks, "keep.txt should have at least one chunk"
             for entry in entries:
                 cursor = conn.execute(
-                    "INSERT INTO files (dir_id, path, type, size, mode, mtime_ns, target,"
+                    "INSERT INTO files (dir_id, name, type, size, mode, mtime_ns, target,"
                     " uid, gid, inode, ctime_ns) VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, 0, 0)",
                     (
-                        dir_id,
-                        entry.path,
+                        tampered_version(conn, repo.backup_id, entry.path),
+                        entry_name(entry.path),
                         entry.type,
                         len(KEEP) if entry.type == "file" else 0,
                         0o755 if entry.type == "dir" else 0o644,
@@ -103,6 +102,20 @@ def tamper(repo: Repo, *entries: Hostile) -> None:
                     )
     finally:
         conn.close()
+
+
+def tampered_version(conn: sqlite3.Connection, backup_id: str, path: str) -> int:
+    """The backup's directory version that holds ``path`` (made, and linked, if none does):
+    the entry then reads back with exactly this path, however hostile."""
+    parent = parent_path(path)
+    row = conn.execute("SELECT d.id FROM dirs d JOIN backup_dirs bd ON bd.dir_id = d.id"
+                       " WHERE bd.backup_id = ? AND d.path = ?", (backup_id, parent)).fetchone()
+    if row is not None:
+        return row[0]
+    dir_id = conn.execute("INSERT INTO dirs (origin, path) VALUES ('tamper', ?)",
+                          (parent,)).lastrowid
+    conn.execute("INSERT INTO backup_dirs (backup_id, dir_id) VALUES (?, ?)", (backup_id, dir_id))
+    return dir_id
 
 
 def everything_under(root: Path, *skip: Path) -> set[str]:

@@ -63,16 +63,14 @@ def chunk_region(enigma: Enigma, backup_id: str, stored_path: str,
     length); its own object, or its bytes inside a pack."""
     conn = sqlite3.connect(enigma.config_dir / "manifest.db")
     try:
-        (chunk_id,) = conn.execute(
-            "SELECT fc.chunk_id FROM files f JOIN file_chunks fc ON fc.file_id = f.id"
-            " JOIN backup_dirs bd ON bd.dir_id = f.dir_id"
-            " WHERE bd.backup_id = ? AND f.path = ? AND fc.seq = ?",
-            (backup_id, stored_path, seq),
-        ).fetchone()
-        (chunks,) = conn.execute(
-            "SELECT count(*) FROM file_chunks fc JOIN files f ON fc.file_id = f.id"
-            " JOIN backup_dirs bd ON bd.dir_id = f.dir_id"
-            " WHERE bd.backup_id = ? AND f.path = ?", (backup_id, stored_path)).fetchone()
+        file_of = (" FROM files f JOIN file_chunks fc ON fc.file_id = f.id"
+                   " JOIN dirs d ON d.id = f.dir_id JOIN backup_dirs bd ON bd.dir_id = d.id"
+                   " WHERE bd.backup_id = ? AND d.path = ? AND f.name = ?")
+        parent, _, name = stored_path.rpartition("/")
+        (chunk_id,) = conn.execute("SELECT fc.chunk_id" + file_of + " AND fc.seq = ?",
+                                   (backup_id, parent, name, seq)).fetchone()
+        (chunks,) = conn.execute("SELECT count(*)" + file_of,
+                                 (backup_id, parent, name)).fetchone()
     finally:
         conn.close()
     assert chunks > seq
