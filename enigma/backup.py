@@ -366,8 +366,7 @@ class _Backup:
         """Record a listed directory: link its previous version when nothing in it
         changed, else entry by entry."""
         if directory is not None and not self.force:
-            version = self.cache.unchanged_dir(
-                stored_path(directory), [(stored_path(p), st) for p, st in children])
+            version = self.cache.unchanged_dir(stored_path(directory), children, stored_path)
             if version is not None:
                 self.link(version)
                 return

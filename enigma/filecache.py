@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from enigma.manifest import ChunkRef, Manifest
@@ -132,16 +132,17 @@ class FileCache:
             cached.chunks = []
         return cached.chunks
 
-    def unchanged_dir(self, path: str,
-                      children: list[tuple[str, os.stat_result]]) -> DirVersion | None:
+    def unchanged_dir(self, path: str, children: Sequence[tuple[str, os.stat_result]],
+                      stored: Callable[[str], str]) -> DirVersion | None:
         """The previous version of the directory at stored ``path`` if ``children``
-        (stored path, stat) is exactly what it holds, else None."""
+        (path on disk, stat) is exactly what it holds, else None. ``stored`` maps a path
+        on disk to its stored path, called only when there is a version to compare."""
         version = self.dirs.get(path)
         if version is None or len(version.rows) != len(children):
             return None
         rows = version.rows
         for child, st in children:
-            row = rows.get(child)
+            row = rows.get(stored(child))
             if row is None or _row_key(row) != stat_key(st):
                 return None
         return version

@@ -1324,6 +1324,17 @@ class Manifest:
             params += [parent_path(prefix), prefix, prefix + "/", prefix + "0"]
         return conn.execute(sql + " ORDER BY d.path, d.id", params).fetchall()
 
+    @classmethod
+    def _versions_to_read(cls, conn: sqlite3.Connection, backup_id: str, prefix: str | None
+                          ) -> Iterator[tuple[int, str, str, tuple[str, ...]]]:
+        """``_dirs_of`` with what to add to a ``files f`` query of each: the version that
+        holds ``prefix`` itself (its parent's) is read for that one name only."""
+        for dir_id, path in cls._dirs_of(conn, backup_id, prefix):
+            if prefix and path == parent_path(prefix):
+                yield dir_id, path, " AND f.name = ?", (entry_name(prefix),)
+            else:
+                yield dir_id, path, "", ()
+
     def iter_files(self, backup_id: str, prefix: str | None = None) -> Iterator[FileEntry]:
         """A backup's entries with their chunks in tree order (depth first, each
         directory's entries by name, a directory right before what it holds: ``find``'s
@@ -1347,11 +1358,10 @@ class Manifest:
             # names: a hostile "/tmp" and "tmp" share the name and must both be reached.
             below: dict[str, set[str]] = {}
             top = prefix or ""
-            for dir_id, path in self._dirs_of(conn, backup_id, prefix):
-                if prefix and path == parent_path(prefix):
-                    rows = conn.execute(sql + " AND f.name = ? ORDER BY fc.seq",
-                                        (path_base(path), dir_id, entry_name(prefix)))
-                    yield from _files_from_rows(rows)
+            for dir_id, path, only, extra in self._versions_to_read(conn, backup_id, prefix):
+                if only:  # the prefix's own entry, before anything below it
+                    yield from _files_from_rows(conn.execute(
+                        sql + only + " ORDER BY fc.seq", (path_base(path), dir_id, *extra)))
                     continue
                 versions.setdefault(path, []).append(dir_id)
                 while path != top:  # parent_path shortens: this ends at "" at the latest
@@ -1445,13 +1455,8 @@ class Manifest:
                " WHERE fc.file_id = f.id) FROM files f WHERE f.dir_id = ?")
         with self._reader() as conn:
             conn.execute("BEGIN")
-            for dir_id, path in self._dirs_of(conn, backup_id, prefix):
-                if prefix and path == parent_path(prefix):
-                    rows = conn.execute(sql + " AND f.name = ?",
-                                        (path_base(path), dir_id, entry_name(prefix)))
-                else:
-                    rows = conn.execute(sql, (path_base(path), dir_id))
-                for row in rows:
+            for dir_id, path, only, extra in self._versions_to_read(conn, backup_id, prefix):
+                for row in conn.execute(sql + only, (path_base(path), dir_id, *extra)):
                     yield dir_id, path, row
 
     def dir_chunks(self, dir_id: int) -> dict[str, list[ChunkRef]]:
@@ -1573,7 +1578,7 @@ class Manifest:
                         " ORDER BY f.name LIMIT ?", (path_base(dir_path), dir_id, limit))
                     for row in rows:
                         children[row[1].rpartition("/")[2]] = _file_from_row(row)
-                elif dir_path.startswith(base + "/" if base else ""):
-                    name = dir_path[len(base) + 1 if base else 0:].partition("/")[0]
+                elif dir_path.startswith(path_base(base)):
+                    name = dir_path[len(path_base(base)):].partition("/")[0]
                     children.setdefault(name, None)
         return sorted(children.items())[:limit]
