@@ -330,9 +330,14 @@ def _migration_3(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+#: Version 4: no index of chunk locations by provider. No query looks one provider's
+#: chunks up (the per-provider figures scan every location either way), and it held each
+#: chunk id once more: 9 % of a scale-1 benchmark manifest, and a write per new chunk.
+_MIGRATION_4 = _sql("DROP INDEX IF EXISTS chunk_locations_provider")
+
 #: Applied in order; migration ``i`` (0-based) brings the schema to version ``i + 1``.
 #: Append only: never edit a migration that has shipped.
-MIGRATIONS: tuple[_Migration, ...] = (_MIGRATION_1, _MIGRATION_2, _migration_3)
+MIGRATIONS: tuple[_Migration, ...] = (_MIGRATION_1, _MIGRATION_2, _migration_3, _MIGRATION_4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 #: Directory versions no backup links: left by ``delete_backup`` for gc to drop.
@@ -716,6 +721,18 @@ class Manifest:
         with self._read() as conn:
             return conn.execute("PRAGMA user_version").fetchone()[0]
 
+    def pages(self) -> int:
+        """The database's size in pages: ``compact`` is worth it after it grew a lot."""
+        with self._read() as conn:
+            return conn.execute("PRAGMA page_count").fetchone()[0]
+
+    def compact(self) -> None:
+        """Rewrite the database with full pages (VACUUM). Local and physical, never
+        replicated: B-trees keyed by random chunk ids fill their pages to about 70 %."""
+        with self._lock:
+            self._check_open()
+            self._conn.execute("VACUUM")
+
     # -- the replication seam ----------------------------------------------------------
 
     def read_barrier(self) -> None:
@@ -738,18 +755,18 @@ class Manifest:
         return None
 
     def snapshot_to(self, path: str | os.PathLike[str]) -> None:
-        """Write a consistent copy of the whole database to ``path`` (SQLite backup API).
+        """Write a consistent, compacted copy of the whole database to ``path`` (which
+        must not exist or be empty).
 
-        Holds the lock, so the copy sits between two operations: how a replicated log
-        compacts itself into a snapshot.
+        ``VACUUM INTO`` rather than the backup API: B-trees keyed by random chunk ids fill
+        their pages to about 70 %, and the packed copy is 9 % smaller and compresses 11 %
+        better (a sealed snapshot at scale 1: 2.79 -> 2.48 MB) for 8 ms more. Holds the
+        lock, so the copy sits between two operations: how a replicated log compacts
+        itself into a snapshot.
         """
         with self._lock:
             self._check_open()
-            target = sqlite3.connect(os.fspath(path))
-            try:
-                self._conn.backup(target)
-            finally:
-                target.close()
+            self._conn.execute("VACUUM INTO ?", (os.fspath(path),))
 
     def restore_from(self, path: str | os.PathLike[str]) -> None:
         """Replace the whole database with the copy at ``path`` (a ``snapshot_to`` file).

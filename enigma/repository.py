@@ -10,6 +10,7 @@ import dataclasses
 import os
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from functools import cached_property
 from typing import Any
@@ -51,6 +52,7 @@ class Repository:
         self.plugins = plugins
         self._passphrase_source = passphrase or (lambda confirm: None)
         self._keys: KeyMaterial | None = None
+        self._unlocking: Future[KeyMaterial] | None = None
         self._key_lock = threading.Lock()
         #: Write-only client: this process's data key (id, key), made on first use.
         self._session: tuple[int, bytes] | None = None
@@ -88,12 +90,33 @@ class Repository:
         manifest snapshots and dedup are the client's; its data keys are unsealed on demand
         (``resolve_data_key``)."""
         if self._keys is None:
-            self._keys = self.key_provider.load(self._passphrase())
+            if self._unlocking is not None:
+                self._keys = self._unlocking.result()
+            else:
+                self._keys = self.key_provider.load(self._passphrase())
             if self._keys.recipient_seeds and not self._keys.write_only:
                 writer_id = self._writer_id_key(self._keys)
                 if writer_id is not None:
                     self._keys = dataclasses.replace(self._keys, id_key=writer_id)
         return self._keys
+
+    def unlock_beside(self) -> None:
+        """Start unlocking the key material on a thread of its own, so a command can do
+        its key-free work meanwhile: Argon2id (0.3-0.4 s by design) releases the GIL, and
+        a no-change re-backup spends about as long walking its sources and loading its
+        file cache. ``keys`` waits for it and raises what the unlock raised. The
+        passphrase is asked here, on the calling thread, where a prompt reaches the
+        terminal."""
+        if self._keys is not None or self._unlocking is not None:
+            return
+        passphrase = self._passphrase()
+        pool = ThreadPoolExecutor(1, thread_name_prefix="enigma-unlock")
+        self._unlocking = pool.submit(self.key_provider.load, passphrase)
+        pool.shutdown(wait=False)  # the thread ends with the unlock
+
+    def unlocking(self) -> bool:
+        """True while ``unlock_beside``'s unlock is still running."""
+        return self._unlocking is not None and not self._unlocking.done()
 
     def create_keys(self) -> KeyMaterial:
         self._keys = self.key_provider.create(self._passphrase(confirm=True))

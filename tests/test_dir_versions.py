@@ -124,10 +124,15 @@ def test_schema_2_manifest_migrates_with_its_backups(tmp_path: Path,
     copy.write_bytes(path.read_bytes())
     with Manifest(tmp_path / "installed.db") as installed:  # recover --force, Raft
         installed.restore_from(copy)
-        assert installed.schema_version() == 3
+        assert installed.schema_version() == manifest_module.SCHEMA_VERSION
         assert [f.path for f in installed.iter_files("b1")] == ["top", "top/f", "top/sub/g"]
     with Manifest(path) as new:
-        assert new.schema_version() == 3
+        assert new.schema_version() == manifest_module.SCHEMA_VERSION
+        indexes = {r[0] for r in new._conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert "chunk_locations_provider" not in indexes  # migration 4
+        assert {"chunks_pack", "file_chunks_chunk", "backup_dirs_dir"} <= indexes
+        assert new.chunk_stats() == {"local": (3, 150)}
         assert [f.path for f in new.iter_files("b1")] == ["top", "top/f", "top/sub/g"]
         assert [[r.chunk_id for r in f.chunks] for f in new.iter_files("b1")] == [
             [], [cid(1), cid(2)], [cid(3)]]

@@ -92,6 +92,7 @@ def test_schema_version_and_reopen(tmp_path: Path) -> None:
     try:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     finally:
         conn.close()
     assert {
@@ -105,6 +106,9 @@ def test_schema_version_and_reopen(tmp_path: Path) -> None:
         "objects",
         "object_chunks",
     } <= tables
+    # gc's lookups are indexed; chunks by provider are not looked up (schema 4 dropped it)
+    assert {"chunks_unreferenced", "chunks_pack", "file_chunks_chunk"} <= indexes
+    assert "chunk_locations_provider" not in indexes
 
 
 def test_migrations_applied_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

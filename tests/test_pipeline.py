@@ -270,3 +270,56 @@ def test_a_copy_whose_file_drains_before_the_original_records_the_chunk(
 
 def crypto_id(repo: Repository, data: bytes) -> bytes:
     return ChunkStore(repo).identify(data)
+
+
+def test_the_walk_goes_ahead_while_the_keys_unlock(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Argon2id takes 0.3-0.4 s and releases the GIL: a backup lists its sources (and
+    loads its file cache) meanwhile instead of waiting. The unlock here finishes only
+    once the walk has listed something, so a backup that waited would find nothing."""
+    import threading
+
+    import enigma.backup as backup_module
+
+    created = make_repo(tmp_path)
+    source = tmp_path / "src"
+    (source / "sub").mkdir(parents=True)
+    (source / "sub" / "file").write_bytes(b"content")
+    listed = threading.Event()
+    real_walk = backup_module._Backup.walk
+
+    def walk(self: backup_module._Backup, root: Path):  # type: ignore[no-untyped-def]
+        for listing in real_walk(self, root):
+            listed.set()
+            yield listing
+
+    monkeypatch.setattr(backup_module._Backup, "walk", walk)
+    repo = Repository(created.config, PluginManager(), lambda confirm: PASSPHRASE)
+    real_load = type(repo.key_provider).load
+    seen: list[bool] = []
+
+    def load(self, passphrase):  # type: ignore[no-untyped-def]
+        seen.append(listed.wait(10))
+        return real_load(self, passphrase)
+
+    monkeypatch.setattr(type(repo.key_provider), "load", load)
+    result = run_backup(repo, [source])
+    assert seen == [True] and result.status == "complete"
+    assert [e.path.rpartition("/")[2] for e in repo.manifest.iter_files(result.backup_id)] == [
+        "src", "sub", "file"]
+
+
+def test_a_backup_that_grows_the_manifest_leaves_it_compact(tmp_path: Path) -> None:
+    """Random chunk ids fill B-tree pages to ~70 %; after a first backup (or any that
+    grows the manifest by half) the manifest is rewritten full, so a further VACUUM finds
+    nothing to give back."""
+    repo = make_repo(tmp_path)
+    source = tmp_path / "src"
+    for d in range(20):
+        (source / f"d{d}").mkdir(parents=True)
+        for f in range(100):
+            (source / f"d{d}" / f"f{f}").write_bytes(os.urandom(200))
+    assert run_backup(repo, [source]).status == "complete"
+    pages = repo.manifest.pages()
+    repo.manifest.compact()
+    assert repo.manifest.pages() == pages > 100
