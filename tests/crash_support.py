@@ -69,8 +69,9 @@ def scan_manifest(config_dir: Path) -> list[str]:
     store = config_dir / "storage"
     db = sqlite3.connect(config_dir / "manifest.db", timeout=30)
     try:
-        rows = db.execute("SELECT c.id, c.stored_size, c.pack, c.pack_offset FROM chunks c "
-                          "JOIN chunk_locations l ON l.chunk_id = c.id").fetchall()
+        rows = db.execute("SELECT c.id, c.stored_size, p.name, c.pack_offset FROM chunks c "
+                          "JOIN chunk_locations l ON l.chunk_id = c.id "
+                          "LEFT JOIN packs p ON p.id = c.pack").fetchall()
         for chunk_id, stored_size, pack, offset in rows:
             hexid = bytes(chunk_id).hex()
             if pack is None:
@@ -109,7 +110,8 @@ def recorded(config_dir: Path) -> dict[bytes, bytes | None]:
     db = sqlite3.connect(config_dir / "manifest.db", timeout=30)
     try:
         return {bytes(i): None if p is None else bytes(p)
-                for i, p in db.execute("SELECT id, pack FROM chunks")}
+                for i, p in db.execute("SELECT c.id, p.name FROM chunks c"
+                                       " LEFT JOIN packs p ON p.id = c.pack")}
     finally:
         db.close()
 

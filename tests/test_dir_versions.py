@@ -105,11 +105,13 @@ def test_schema_2_manifest_migrates_with_its_backups(tmp_path: Path,
         patch.setattr(manifest_module, "MIGRATIONS", manifest_module.MIGRATIONS[:2])
         patch.setattr(manifest_module, "SCHEMA_VERSION", 2)
         with Manifest(path) as old:
-            old.add_chunks([ChunkRecord(cid(i), 10, 50, "none", 1, ("local",))
-                            for i in range(1, 4)])
+            conn = old._conn  # schema 2's tables, written as Enigma 2 did
+            for i in range(1, 4):
+                conn.execute("INSERT INTO chunks VALUES (?, 10, 50, 'none', 1, 0, 0, NULL, 0)",
+                             (cid(i),))
+                conn.execute("INSERT INTO chunk_locations VALUES (?, 'local')", (cid(i),))
             for backup_id in ("b1", "b2"):
                 start(old, backup_id)
-            conn = old._conn  # schema 2's files table, written as Enigma 2 did
             for file_id, backup_id, path_, kind, chunks in (
                     (1, "b1", "top", "dir", []), (2, "b1", "top/f", "file", [1, 2]),
                     (3, "b1", "top/sub/g", "file", [3]), (4, "b2", "top/f", "file", [1])):

@@ -137,6 +137,62 @@ def test_migrations_applied_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyP
         assert applied == [base + 1, base + 2]
 
 
+PACK_A, PACK_B = b"\xaa" * 32, b"\xbb" * 32
+
+
+def pack_names(m: Manifest) -> list[bytes]:
+    return [bytes(r[0]) for r in m._conn.execute("SELECT name FROM packs ORDER BY id")]
+
+
+def test_packs_are_numbered_and_go_with_their_last_chunk(tmp_path: Path) -> None:
+    """A chunk row holds its pack's number, not the pack's 32-byte id (schema 4); the
+    records still name packs by id, and a pack's row goes once no chunk is in it."""
+    from dataclasses import replace
+
+    with Manifest(tmp_path / "m.db") as m:
+        m.add_chunks([replace(chunk(1), pack=PACK_A), replace(chunk(2), pack=PACK_A, offset=140),
+                      chunk(3)])
+        assert [m.get_chunk(cid(n)).pack for n in (1, 2, 3)] == [PACK_A, PACK_A, None]
+        assert m._conn.execute("SELECT pack FROM chunks WHERE id = ?",
+                               (cid(2),)).fetchone()[0] == 1
+        assert pack_names(m) == [PACK_A]
+        assert m.pack_chunk_counts([PACK_A, PACK_B]) == {PACK_A: 2}
+        m.move_chunks([(cid(1), PACK_A, PACK_B, 0)])
+        assert [r.id for r in m.chunks_in_packs([PACK_B])] == [cid(1)]
+        assert m.pack_chunk_counts([PACK_A, PACK_B]) == {PACK_A: 1, PACK_B: 1}
+        m.move_chunks([(cid(2), PACK_A, PACK_B, 140)])
+        assert pack_names(m) == [PACK_B]  # A emptied
+        m.move_chunks([(cid(2), PACK_A, PACK_B, 999)])  # a replay: no longer in A
+        assert m.get_chunk(cid(2)).offset == 140
+        m.set_chunk_providers([(cid(1), ["local"])])  # repair took it out of its pack
+        assert m.get_chunk(cid(1)).pack is None
+        m.delete_chunks([cid(2)])
+        assert pack_names(m) == [] and m.get_chunk(cid(3)).pack is None
+
+
+def test_schema_3_pack_ids_become_numbers(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import enigma.manifest as mod
+
+    path = tmp_path / "old.db"
+    with monkeypatch.context() as patch:
+        patch.setattr(mod, "MIGRATIONS", mod.MIGRATIONS[:3])
+        patch.setattr(mod, "SCHEMA_VERSION", 3)
+        with Manifest(path) as old:  # chunk rows as Enigma 3 wrote them
+            for n, pack in ((1, PACK_B), (2, PACK_A), (3, None), (4, PACK_B)):
+                old._conn.execute("INSERT INTO chunks VALUES (?, 100, 140, 'none', 1, 0, 0,"
+                                  " ?, ?)", (cid(n), pack, n * 140))
+                old._conn.execute("INSERT INTO chunk_locations VALUES (?, 'local')", (cid(n),))
+    with Manifest(path) as m:
+        assert m.schema_version() == SCHEMA_VERSION
+        assert pack_names(m) == [PACK_A, PACK_B]
+        assert [m.get_chunk(cid(n)).pack for n in (1, 2, 3, 4)] == [PACK_B, PACK_A, None, PACK_B]
+        assert m.get_chunk(cid(4)).offset == 560 and m.get_chunk(cid(4)).providers == ("local",)
+        assert m.pack_chunk_counts([PACK_A, PACK_B]) == {PACK_A: 1, PACK_B: 2}
+        assert m._conn.execute("SELECT count(*) FROM chunks WHERE typeof(pack) = 'blob'"
+                               ).fetchone()[0] == 0
+
+
 def test_failed_migration_rolls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import enigma.manifest as mod
 
