@@ -473,13 +473,12 @@ class _Backup:
     def regular_file(self, path: str, rel: str, base: dict, st: os.stat_result) -> None:
         cached = None if self.force else self.cache.file(rel)
         if cached is not None and cached.unchanged(st):
-            chunks = self.cache.chunks(cached)
             self.stats.files += 1
             self.stats.files_unchanged += 1
             self.stats.bytes_total += cached.size
-            self.stats.chunks += len(chunks)
+            self.stats.chunks += cached.chunk_count
             self.ready_files.append(FileEntry(type="file", size=cached.size,
-                                              chunks=chunks, **base))
+                                              chunk_list=cached.chunk_list, **base))
             self.progress.advance(files=1, bytes=cached.size)
             return
         if 0 < st.st_size <= self.chunker.single_chunk_limit:

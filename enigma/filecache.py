@@ -7,7 +7,7 @@ Two levels, like restic's trees and its file cache together:
   inode for each, same size for files) is not recorded again: the backup links that
   directory version (``Manifest.link_dirs``), one row instead of a row per entry.
 - **Files.** In a directory that did change, a regular file with the same size, mtime,
-  ctime and inode as before reuses its chunk list without being read.
+  ctime and inode as before shares its recorded chunk list without being read.
 
 An interrupted ("running") backup's file rows count for the file level (a file row is
 written only after every chunk it uses has its row: that is what makes a re-run after a
@@ -25,12 +25,12 @@ import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from enigma.manifest import ChunkRef, Manifest
+from enigma.manifest import Manifest
 
 _TYPES = {stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink", stat.S_IFREG: "file"}
 
-# Positions in a ``Manifest.file_cache`` row (``_FILE_COLUMNS`` + the chunk count).
-_PATH, _TYPE, _SIZE, _MTIME, _CTIME, _INODE, _COUNT = 1, 2, 3, 5, 10, 9, 11
+# Positions in a ``Manifest.file_cache`` row (``_FILE_COLUMNS``, chunk count, list id).
+_PATH, _TYPE, _SIZE, _MTIME, _CTIME, _INODE, _COUNT, _LIST = 1, 2, 3, 5, 10, 9, 11, 12
 
 
 def _row_key(row: tuple) -> tuple:
@@ -55,8 +55,8 @@ class CachedFile:
     mtime_ns: int
     ctime_ns: int
     inode: int
-    dir_id: int
-    chunks: list[ChunkRef] | None = None  # fetched when the file is reused
+    chunk_count: int
+    chunk_list: int | None  # None: no chunks (an empty file)
 
     def unchanged(self, st: os.stat_result) -> bool:
         """True when the file's content can be taken as the cached one's."""
@@ -79,18 +79,16 @@ class DirVersion:
 class FileCache:
     """The previous backup of one source (``load``), queried entry by entry."""
 
-    def __init__(self, manifest: Manifest | None = None) -> None:
-        self.manifest = manifest
+    def __init__(self) -> None:
         self.files: dict[str, CachedFile] = {}
         self.dirs: dict[str, DirVersion] = {}
-        self._loaded: set[int] = set()
 
     @classmethod
     def load(cls, manifest: Manifest, root_path: str, source: str) -> FileCache:
         """The cache for the source ``source`` (as backups list it), stored under
         ``root_path``: the newest finished backup of it, overlaid with what interrupted
         backups since then recorded (their rows win: they are newer)."""
-        cache = cls(manifest)
+        cache = cls()
         files, dirs = cache.files, cache.dirs
         below = root_path + "/" if root_path else ""
         for backup in reversed(manifest.list_backups()):
@@ -103,7 +101,7 @@ class FileCache:
                 path = row[_PATH]
                 if row[_TYPE] == "file" and path not in files:
                     files[path] = CachedFile(row[_SIZE], row[_MTIME], row[_CTIME],
-                                             row[_INODE], dir_id)
+                                             row[_INODE], row[_COUNT], row[_LIST])
                 if not finished:
                     continue
                 if version is None or version.id != dir_id:
@@ -118,19 +116,6 @@ class FileCache:
 
     def file(self, path: str) -> CachedFile | None:
         return self.files.get(path)
-
-    def chunks(self, cached: CachedFile) -> list[ChunkRef]:
-        """A cached file's chunk list, fetched with its directory's on first use."""
-        if cached.chunks is None and self.manifest is not None \
-                and cached.dir_id not in self._loaded:
-            self._loaded.add(cached.dir_id)
-            for other_path, refs in self.manifest.dir_chunks(cached.dir_id).items():
-                other = self.files.get(other_path)
-                if other is not None and other.dir_id == cached.dir_id:
-                    other.chunks = refs
-        if cached.chunks is None:  # a file without chunks (empty) has no rows
-            cached.chunks = []
-        return cached.chunks
 
     def unchanged_dir(self, path: str, children: Sequence[tuple[str, os.stat_result]],
                       stored: Callable[[str], str]) -> DirVersion | None:

@@ -86,6 +86,46 @@ def test_linked_versions_are_shared_and_outlive_their_origin(m: Manifest) -> Non
     assert rows(m, "dirs") == rows(m, "files") == rows(m, "file_chunks") == 0
 
 
+def list_of(m: Manifest, backup_id: str, path: str) -> int:
+    parent, _, name = path.rpartition("/")
+    return m._conn.execute(
+        "SELECT f.chunk_list FROM files f JOIN backup_dirs bd ON bd.dir_id = f.dir_id"
+        " JOIN dirs d ON d.id = f.dir_id WHERE bd.backup_id = ? AND d.path = ?"
+        " AND f.name = ?", (backup_id, parent, name)).fetchone()[0]
+
+
+def test_an_unchanged_file_in_a_changed_directory_shares_its_chunk_list(m: Manifest) -> None:
+    """Its entry names the earlier row's chunk list instead of copying it; the list lives
+    as long as any entry names it, and gc releases it (and only then its chunks) after."""
+    start(m, "b1")
+    m.add_files("b1", [entry("s", type="dir"), entry("s/a", 1, 2), entry("s/b", 3)])
+    start(m, "b2")
+    shared = list_of(m, "b1", "s/a")
+    m.add_files("b2", [entry("s", type="dir"), entry("s/c", 4),
+                       FileEntry(path="s/a", type="file", size=20, chunk_list=shared)])
+    assert list_of(m, "b2", "s/a") == shared
+    assert rows(m, "file_chunks") == 4  # a's list once, b's and c's
+    assert refcounts(m, 1, 2, 3, 4) == [1, 1, 1, 1]
+    assert [r.chunk_id for r in next(m.iter_files("b2", "s/a")).chunks] == [cid(1), cid(2)]
+    assert m.chunk_files([cid(2)]) == {cid(2): [("b1", "s/a"), ("b2", "s/a")]}
+    assert m.files_using_chunks("b2", [cid(1), cid(3)]) == {cid(1): ["s/a"]}
+    with pytest.raises(IntegrityError, match="chunk list"):
+        m.add_files("b2", [FileEntry(path="s/z", type="file", size=1, chunk_list=999)])
+    assert m.file_count("b2") == 3
+
+    m.delete_backup("b1")
+    dry_run = {r.id for r in m.unreferenced_chunks(counting_unlinked=True)}
+    assert dry_run == {cid(3), cid(5)}  # b's list goes; a's lives on in b2 (5: never used)
+    assert m.drop_unlinked_dirs() == 2
+    assert refcounts(m, 1, 2, 3, 4) == [1, 1, 0, 1]
+    assert {r.id for r in m.unreferenced_chunks()} == dry_run
+    assert [r.chunk_id for r in next(m.iter_files("b2", "s/a")).chunks] == [cid(1), cid(2)]
+    m.delete_backup("b2")
+    assert m.drop_unlinked_dirs() == 2
+    assert refcounts(m, 1, 2, 3, 4) == [0, 0, 0, 0]
+    assert rows(m, "file_chunks") == 0
+
+
 def test_link_of_unknown_version_changes_nothing(m: Manifest) -> None:
     start(m, "b1")
     m.add_files("b1", [entry("a", 1)])
@@ -192,6 +232,24 @@ def test_rebackup_writes_rows_only_for_changed_directories(enigma: Enigma,
     expected["deep/er/leaf.txt"] = snapshot(source)["deep/er/leaf.txt"]
     assert snapshot(restored_root(dest, source)) == expected == snapshot(source)
     assert enigma.ok("verify", third["backup_id"]).code == 0
+
+
+def test_unchanged_files_in_a_changed_directory_share_their_chunk_lists(
+        enigma: Enigma, tmp_path: Path) -> None:
+    source = make_tree(tmp_path / "src")
+    first = backup(enigma, str(source))
+    lists = manifest_rows(enigma, "file_chunks")
+    (source / "docs" / "added.txt").write_text("added")  # docs and the top change
+    second = backup(enigma, str(source))
+    assert second["stats"]["files_new"] == 1
+    assert second["stats"]["files_unchanged"] == second["stats"]["files"] - 1
+    assert manifest_rows(enigma, "file_chunks") == lists + 1  # the new file's one chunk
+    enigma.ok("forget", first["backup_id"])
+    enigma.ok("gc")
+    dest = tmp_path / "out"
+    enigma.ok("restore", second["backup_id"], str(dest))
+    assert snapshot(restored_root(dest, source)) == snapshot(source)
+    assert enigma.ok("verify", second["backup_id"]).code == 0
 
 
 def test_a_new_file_name_or_mode_change_is_not_linked(enigma: Enigma, tmp_path: Path) -> None:

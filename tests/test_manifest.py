@@ -170,6 +170,32 @@ def test_packs_are_numbered_and_go_with_their_last_chunk(tmp_path: Path) -> None
         assert pack_names(m) == [] and m.get_chunk(cid(3)).pack is None
 
 
+def test_pack_numbers_are_the_same_on_every_replica(tmp_path: Path) -> None:
+    """Raft replicas apply the same operations in processes of their own, each with its
+    own hash seed: the numbers packs get must not follow a set's iteration order."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from enigma.manifest import ChunkRecord, Manifest\n"
+        "packs = [bytes([n]) * 32 for n in range(1, 9)]\n"
+        "with Manifest(sys.argv[1]) as m:\n"
+        "    m.add_chunks([ChunkRecord(bytes([n]) * 32, 1, 41, 'none', 1, ('local',),\n"
+        "                              pack=p) for n, p in enumerate(packs)])\n"
+        "    m.move_chunks([(bytes([n]) * 32, p, p[::-1] + b'x', 0)\n"
+        "                   for n, p in enumerate(packs)])\n"
+        "    print(m._conn.execute('SELECT id, name FROM packs ORDER BY id').fetchall())\n"
+    )
+    numbering = {
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / f"{seed}.db")],
+                       env={**os.environ, "PYTHONHASHSEED": str(seed)},
+                       capture_output=True, text=True, check=True).stdout
+        for seed in (1, 2, 3)
+    }
+    assert len(numbering) == 1, numbering
+
+
 def test_schema_3_pack_ids_become_numbers(tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     import enigma.manifest as mod

@@ -63,27 +63,24 @@ def repo(enigma: Enigma, tmp_path: Path) -> Repo:
 def tamper(repo: Repo, *entries: Hostile) -> None:
     """Add ``entries`` to the backup, straight into the manifest's tables.
 
-    File entries reuse keep.txt's chunks: they exist, so restore really writes the file if
-    it does not refuse the entry, and an escaped file would be visible.
+    File entries share keep.txt's chunk list: its chunks exist, so restore really writes
+    the file if it does not refuse the entry, and an escaped file would be visible.
     """
     conn = sqlite3.connect(repo.enigma.config_dir / "manifest.db")
     try:
         with conn:
-            (file_id,) = conn.execute(
-                "SELECT f.id FROM files f JOIN dirs d ON d.id = f.dir_id"
+            (chunk_list,) = conn.execute(
+                "SELECT f.chunk_list FROM files f JOIN dirs d ON d.id = f.dir_id"
                 " JOIN backup_dirs bd ON bd.dir_id = f.dir_id"
                 " WHERE bd.backup_id = ? AND d.path = ? AND f.name = 'keep.txt'",
                 (repo.backup_id, repo.stored),
             ).fetchone()
-            chunks = conn.execute(
-                'SELECT seq, chunk_id, "offset", length FROM file_chunks WHERE file_id = ?',
-                (file_id,),
-            ).fetchall()
-            assert chunks, "keep.txt should have at least one chunk"
+            assert chunk_list is not None, "keep.txt should have at least one chunk"
             for entry in entries:
-                cursor = conn.execute(
+                conn.execute(
                     "INSERT INTO files (dir_id, name, type, size, mode, mtime_ns, target,"
-                    " uid, gid, inode, ctime_ns) VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, 0, 0)",
+                    " uid, gid, inode, ctime_ns, chunk_list)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, 0, 0, ?)",
                     (
                         tampered_version(conn, repo.backup_id, entry.path),
                         entry_name(entry.path),
@@ -92,14 +89,9 @@ def tamper(repo: Repo, *entries: Hostile) -> None:
                         0o755 if entry.type == "dir" else 0o644,
                         1_600_000_000_000_000_000,
                         entry.target,
+                        chunk_list if entry.type == "file" else None,
                     ),
                 )
-                if entry.type == "file":
-                    conn.executemany(
-                        'INSERT INTO file_chunks (file_id, seq, chunk_id, "offset", length)'
-                        " VALUES (?, ?, ?, ?, ?)",
-                        [(cursor.lastrowid, *row) for row in chunks],
-                    )
     finally:
         conn.close()
 

@@ -63,7 +63,7 @@ def chunk_region(enigma: Enigma, backup_id: str, stored_path: str,
     length); its own object, or its bytes inside a pack."""
     conn = sqlite3.connect(enigma.config_dir / "manifest.db")
     try:
-        file_of = (" FROM files f JOIN file_chunks fc ON fc.file_id = f.id"
+        file_of = (" FROM files f JOIN file_chunks fc ON fc.list_id = f.chunk_list"
                    " JOIN dirs d ON d.id = f.dir_id JOIN backup_dirs bd ON bd.dir_id = d.id"
                    " WHERE bd.backup_id = ? AND d.path = ? AND f.name = ?")
         parent, _, name = stored_path.rpartition("/")
