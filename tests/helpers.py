@@ -7,6 +7,8 @@ import random
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,3 +152,18 @@ def manifest_objects(config_dir: Path) -> tuple[set[str], int]:
     packs = {pack_key(r.pack) for r in rows if r.pack is not None}
     assert singles and packs, "expected both whole chunk objects and packs"
     return singles | packs, len(packs)
+
+
+@contextmanager
+def manifest_at_schema(path: Path, version: int) -> Iterator:
+    """A manifest opened as the Enigma of schema ``version`` did (later migrations not
+    applied), to write rows the way it wrote them before a migration test reopens it."""
+    import pytest
+
+    import enigma.manifest as manifest_module
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(manifest_module, "MIGRATIONS", manifest_module.MIGRATIONS[:version])
+        patch.setattr(manifest_module, "SCHEMA_VERSION", version)
+        with manifest_module.Manifest(path) as old:
+            yield old

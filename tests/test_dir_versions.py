@@ -14,7 +14,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from helpers import Enigma, make_tree, restored_root, snapshot
+from helpers import Enigma, make_tree, manifest_at_schema, restored_root, snapshot
 
 import enigma.manifest as manifest_module
 from enigma.errors import IntegrityError
@@ -138,30 +138,26 @@ def test_link_of_unknown_version_changes_nothing(m: Manifest) -> None:
     assert "link_dirs" in Manifest.MUTATING_OPERATIONS
 
 
-def test_schema_2_manifest_migrates_with_its_backups(tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_schema_2_manifest_migrates_with_its_backups(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
-    with monkeypatch.context() as patch:
-        patch.setattr(manifest_module, "MIGRATIONS", manifest_module.MIGRATIONS[:2])
-        patch.setattr(manifest_module, "SCHEMA_VERSION", 2)
-        with Manifest(path) as old:
-            conn = old._conn  # schema 2's tables, written as Enigma 2 did
-            for i in range(1, 4):
-                conn.execute("INSERT INTO chunks VALUES (?, 10, 50, 'none', 1, 0, 0, NULL, 0)",
-                             (cid(i),))
-                conn.execute("INSERT INTO chunk_locations VALUES (?, 'local')", (cid(i),))
-            for backup_id in ("b1", "b2"):
-                start(old, backup_id)
-            for file_id, backup_id, path_, kind, chunks in (
-                    (1, "b1", "top", "dir", []), (2, "b1", "top/f", "file", [1, 2]),
-                    (3, "b1", "top/sub/g", "file", [3]), (4, "b2", "top/f", "file", [1])):
-                conn.execute("INSERT INTO files VALUES (?, ?, ?, ?, 10, 420, 5, NULL, 0, 0,"
-                             " 7, 6)", (file_id, backup_id, path_, kind))
-                for seq, n in enumerate(chunks):
-                    conn.execute("INSERT INTO file_chunks VALUES (?, ?, ?, 0, 10)",
-                                 (file_id, seq, cid(n)))
-                    conn.execute("UPDATE chunks SET refcount = refcount + 1 WHERE id = ?",
-                                 (cid(n),))
+    with manifest_at_schema(path, 2) as old:
+        conn = old._conn  # schema 2's tables, written as Enigma 2 did
+        for i in range(1, 4):
+            conn.execute("INSERT INTO chunks VALUES (?, 10, 50, 'none', 1, 0, 0, NULL, 0)",
+                         (cid(i),))
+            conn.execute("INSERT INTO chunk_locations VALUES (?, 'local')", (cid(i),))
+        for backup_id in ("b1", "b2"):
+            start(old, backup_id)
+        for file_id, backup_id, path_, kind, chunks in (
+                (1, "b1", "top", "dir", []), (2, "b1", "top/f", "file", [1, 2]),
+                (3, "b1", "top/sub/g", "file", [3]), (4, "b2", "top/f", "file", [1])):
+            conn.execute("INSERT INTO files VALUES (?, ?, ?, ?, 10, 420, 5, NULL, 0, 0,"
+                         " 7, 6)", (file_id, backup_id, path_, kind))
+            for seq, n in enumerate(chunks):
+                conn.execute("INSERT INTO file_chunks VALUES (?, ?, ?, 0, 10)",
+                             (file_id, seq, cid(n)))
+                conn.execute("UPDATE chunks SET refcount = refcount + 1 WHERE id = ?",
+                             (cid(n),))
     copy = tmp_path / "copy.db"
     copy.write_bytes(path.read_bytes())
     with Manifest(tmp_path / "installed.db") as installed:  # recover --force, Raft

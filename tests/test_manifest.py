@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import manifest_at_schema
 
 from enigma.errors import ConfigError, IntegrityError, NotFoundError
 from enigma.manifest import (
@@ -196,19 +197,13 @@ def test_pack_numbers_are_the_same_on_every_replica(tmp_path: Path) -> None:
     assert len(numbering) == 1, numbering
 
 
-def test_schema_3_pack_ids_become_numbers(tmp_path: Path,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    import enigma.manifest as mod
-
+def test_schema_3_pack_ids_become_numbers(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
-    with monkeypatch.context() as patch:
-        patch.setattr(mod, "MIGRATIONS", mod.MIGRATIONS[:3])
-        patch.setattr(mod, "SCHEMA_VERSION", 3)
-        with Manifest(path) as old:  # chunk rows as Enigma 3 wrote them
-            for n, pack in ((1, PACK_B), (2, PACK_A), (3, None), (4, PACK_B)):
-                old._conn.execute("INSERT INTO chunks VALUES (?, 100, 140, 'none', 1, 0, 0,"
-                                  " ?, ?)", (cid(n), pack, n * 140))
-                old._conn.execute("INSERT INTO chunk_locations VALUES (?, 'local')", (cid(n),))
+    with manifest_at_schema(path, 3) as old:  # chunk rows as Enigma 3 wrote them
+        for n, pack in ((1, PACK_B), (2, PACK_A), (3, None), (4, PACK_B)):
+            old._conn.execute("INSERT INTO chunks VALUES (?, 100, 140, 'none', 1, 0, 0,"
+                              " ?, ?)", (cid(n), pack, n * 140))
+            old._conn.execute("INSERT INTO chunk_locations VALUES (?, 'local')", (cid(n),))
     with Manifest(path) as m:
         assert m.schema_version() == SCHEMA_VERSION
         assert pack_names(m) == [PACK_A, PACK_B]
