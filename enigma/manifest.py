@@ -343,7 +343,6 @@ def _migration_3(conn: sqlite3.Connection) -> None:
 #: - No index of chunk locations by provider: no query looks one provider's chunks up
 #:   (the per-provider figures scan every location either way), and it held each chunk
 #:   id once more.
-#:
 #: - Chunk lists are shared: ``file_chunks`` is keyed by a list id (the id of the entry
 #:   that first recorded the list) and ``files.chunk_list`` names the list an entry uses,
 #:   so an unchanged file in a changed directory shares its earlier row's list instead of
@@ -1022,8 +1021,7 @@ class Manifest:
                     f"backup {backup_id}: {len(missing)} referenced chunk(s) are not in the "
                     f"manifest: {_hex_list(missing)}"
                 )
-            shared = {int(e.chunk_list) for e in files
-                      if e.chunk_list is not None and not e.chunks}
+            shared = {e.chunk_list for e in files if e.chunk_list is not None and not e.chunks}
             gone = shared - self._known_lists(conn, shared)
             if gone:
                 raise IntegrityError(
@@ -1035,7 +1033,7 @@ class Manifest:
             def chunk_list(file_id: int, e: FileEntry) -> int | None:
                 if e.chunks:
                     return file_id  # a new list: named after its first entry
-                return None if e.chunk_list is None else int(e.chunk_list)
+                return e.chunk_list
 
             conn.executemany(
                 "INSERT INTO files (id, dir_id, name, type, size, mode, mtime_ns, target,"
