@@ -814,6 +814,22 @@ class Manifest:
             self._check_open()
             self._conn.execute("VACUUM INTO ?", (os.fspath(path),))
 
+    def copy_pages_to(self, path: str | os.PathLike[str]) -> None:
+        """Write a consistent page-for-page copy of the whole database to ``path`` (which
+        must not exist or be empty), through SQLite's backup API.
+
+        Page N of the copy is page N here, so two copies differ only in the pages written
+        between them: what an incremental manifest snapshot stores (``enigma.pagediff``).
+        Two copies of an unchanged database are identical, byte for byte.
+        """
+        with self._lock:
+            self._check_open()
+            target = sqlite3.connect(os.fspath(path))
+            try:
+                self._conn.backup(target)
+            finally:
+                target.close()
+
     def restore_from(self, path: str | os.PathLike[str]) -> None:
         """Replace the whole database with the copy at ``path`` (a ``snapshot_to`` file).
 

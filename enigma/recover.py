@@ -33,6 +33,7 @@ from enigma.fsutil import fsync_dir
 from enigma.interfaces import StorageProvider
 from enigma.manifest import APPLICATION_ID, SCHEMA_VERSION, ChunkRecord, Manifest
 from enigma.packs import pack_key, read_index
+from enigma.pagediff import apply_diff
 from enigma.progress import NO_PROGRESS, Progress
 from enigma.recovery import (
     KEYSTORE_OBJECT,
@@ -41,6 +42,7 @@ from enigma.recovery import (
     open_snapshot,
     plain_providers,
     scratch_dir,
+    snapshot_base,
     snapshot_key,
     snapshot_second,
 )
@@ -244,8 +246,8 @@ def find_snapshot(providers: dict[str, StorageProvider], key: bytes, tmp: Path,
                 candidates += 1
                 copy = tmp / f"candidate-{candidates}.db"
                 try:
-                    created_ns = fetch_snapshot(providers[label], name, key, copy,
-                                                tmp / "sealed-plain")
+                    created_ns = fetch_manifest_copy(providers, holders, label, name, key,
+                                                     copy, tmp)
                     backups, chunks, labels = check_manifest_copy(copy)
                 except Exception as exc:  # any failure of one copy: record it, try the next
                     result.skipped.append(Skip(name, label, _reason(exc)))
@@ -258,6 +260,34 @@ def find_snapshot(providers: dict[str, StorageProvider], key: bytes, tmp: Path,
         if good:
             return max(good)
     return None
+
+
+def fetch_manifest_copy(providers: dict[str, StorageProvider], holders: dict[str, list[str]],
+                        label: str, name: str, key: bytes, copy: Path, tmp: Path) -> int:
+    """The manifest copy snapshot ``name`` on provider ``label`` holds, into ``copy``; its
+    creation time (ns). A diff is applied over its base, read from the first provider
+    holding a good copy of it (``label`` first)."""
+    base = snapshot_base(name)
+    if not base:
+        return fetch_snapshot(providers[label], name, key, copy, tmp / "sealed-plain")
+    diff = tmp / "diff"
+    try:
+        created_ns = fetch_snapshot(providers[label], name, key, diff, tmp / "sealed-plain")
+        failures = []
+        for base_label in sorted(holders.get(base, ()), key=lambda held: held != label):
+            try:
+                fetch_snapshot(providers[base_label], base, key, copy, tmp / "sealed-plain")
+                break
+            except Exception as exc:  # try the base's next copy
+                failures.append(f"provider '{base_label}': {_reason(exc)}")
+        else:
+            raise IntegrityError(f"its base snapshot {base} is " + (
+                f"unusable ({'; '.join(failures)})" if failures else "on no provider"))
+        apply_diff(diff, copy)
+    finally:
+        with suppress(FileNotFoundError):
+            diff.unlink()
+    return created_ns
 
 
 def fetch_snapshot(provider: StorageProvider, name: str, key: bytes, db_out: Path,

@@ -6,26 +6,34 @@ Objects, in every storage provider::
     keys/keystore                      the local key provider's keystore file, byte for byte
                                        (already passphrase-encrypted; vault providers keep
                                        their keys in the vault and store nothing here)
-    meta/manifest/<yyyymmddThhmmssZ>-<8 random hex>     a manifest snapshot (UTC time)
+    meta/manifest/<stamp>-<8 hex>                  a full manifest snapshot
+    meta/manifest/<stamp>-<8 hex>+<base name>      a diff against the full snapshot named
+                                                   after the "+" (``enigma.pagediff``)
 
-Manifest snapshot object, format version 1 (stable; changing it needs a version bump)::
+``<stamp>`` is the UTC creation time, ``yyyymmddThhmmssZ``.
+
+Manifest snapshot object (stable; changing it needs a version bump)::
 
     offset  size  field
     0       4     magic b"ENGM"
-    4       1     format version (1)
+    4       1     format version: 1 a full snapshot, 2 a diff
     5       1     compression of the plaintext: 0 none, 1 zstd
     6       8     created at, nanoseconds since the epoch, u64 big-endian
     14      12    random nonce
     26      ...   AES-256-GCM ciphertext, then the 16-byte tag
 
-The plaintext is a consistent SQLite copy of the manifest (``Manifest.snapshot_to``). The
-key is HKDF-SHA256(id_key, info=b"enigma-manifest-snapshot-v1"): id_key never rotates, so
-every snapshot stays readable after ``enigma key rotate``, and every key provider (local
-or vault) has it. The AAD is the 14 header bytes followed by the snapshot's name (the part
-after ``meta/manifest/``), so a snapshot can neither be renamed to pose as a newer one nor
-have its header edited without failing authentication. Sealing and opening stream through
-files: memory stays flat however large the manifest grows (one-shot AES-GCM in
-``cryptography`` also stops at 2 GiB).
+A full snapshot's plaintext is a consistent page-for-page SQLite copy of the manifest
+(``Manifest.copy_pages_to``); a diff's is the pages that changed since its base. Most
+backups write a diff: a no-change re-backup changes about 2 % of the pages, and sealing
+a full copy at zstd level 9 was the largest part of its time. A diff holding more than
+half the pages is written as a full snapshot instead. The key is HKDF-SHA256(id_key,
+info=b"enigma-manifest-snapshot-v1"): id_key never rotates, so every snapshot stays
+readable after ``enigma key rotate``, and every key provider (local or vault) has it. The
+AAD is the 14 header bytes followed by the snapshot's name (the part after
+``meta/manifest/``, base included), so a snapshot can neither be renamed to pose as a
+newer one or as another base's diff nor have its header edited without failing
+authentication. Sealing and opening stream through files: memory stays flat however
+large the manifest grows (one-shot AES-GCM in ``cryptography`` also stops at 2 GiB).
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ from enigma import crypto
 from enigma.chunkstore import with_retries
 from enigma.errors import EnigmaError, IntegrityError
 from enigma.interfaces import KeyMaterial, StorageProvider
+from enigma.pagediff import BaseDigests, changed_pages, page_digests, write_diff
 from enigma.plugin_manager import construct
 from enigma.repository import Repository
 
@@ -58,9 +67,13 @@ KEYSTORE_OBJECT = "keys/keystore"
 SNAPSHOT_PREFIX = "meta/manifest/"
 #: Snapshots kept per provider; older ones are deleted after each new one is stored.
 KEEP_SNAPSHOTS = 10
+#: A diff holding more than this share of the manifest's pages is stored as a full
+#: snapshot instead: a recovery from a diff reads its base as well.
+DIFF_LIMIT = 0.5
 SNAPSHOT_INFO = b"enigma-manifest-snapshot-v1"
 MAGIC = b"ENGM"
 FORMAT_VERSION = 1
+DIFF_FORMAT_VERSION = 2
 COMPRESSION_NONE = 0
 COMPRESSION_ZSTD = 1
 #: Level 9 with a 16 MiB window: a manifest is mostly random 32-byte chunk ids, each
@@ -74,7 +87,8 @@ _HEADER = struct.Struct(">4sBBQ")
 NONCE_SIZE = 12
 TAG_SIZE = 16
 BLOCK = 1024 * 1024
-_NAME = re.compile(r"^(\d{8}T\d{6}Z)-([0-9a-f]{8})$")
+_FULL_NAME = r"(\d{8}T\d{6}Z)-[0-9a-f]{8}"
+_NAME = re.compile(rf"^{_FULL_NAME}(?:\+({_FULL_NAME}))?$")
 
 T = TypeVar("T")
 
@@ -87,10 +101,11 @@ def snapshot_key(keys: KeyMaterial) -> bytes:
     return crypto.derive_key(keys.id_key, SNAPSHOT_INFO)
 
 
-def new_snapshot_name(now_ns: int) -> str:
-    """``<UTC yyyymmddThhmmssZ>-<8 random hex>``: sorts by time, never collides."""
+def new_snapshot_name(now_ns: int, base: str = "") -> str:
+    """``<UTC yyyymmddThhmmssZ>-<8 random hex>``, then ``+<base>`` for a diff: sorts by
+    time, never collides."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now_ns // 1_000_000_000))
-    return f"{stamp}-{secrets.token_hex(4)}"
+    return f"{stamp}-{secrets.token_hex(4)}" + (f"+{base}" if base else "")
 
 
 def is_snapshot_name(name: str) -> bool:
@@ -101,6 +116,16 @@ def snapshot_second(name: str) -> str:
     """The name's timestamp: snapshots of the same second are ordered by their header."""
     match = _NAME.match(name)
     return match.group(1) if match else ""
+
+
+def snapshot_base(name: str) -> str:
+    """The full snapshot a diff applies to; "" for a full snapshot."""
+    match = _NAME.match(name)
+    return (match.group(2) or "") if match else ""
+
+
+def _format_version(name: str) -> int:
+    return DIFF_FORMAT_VERSION if snapshot_base(name) else FORMAT_VERSION
 
 
 def list_snapshots(provider: StorageProvider) -> list[str]:
@@ -128,16 +153,17 @@ class _Encrypting:
         return len(data)
 
 
-def seal_snapshot(db_copy: Path, out: BinaryIO, key: bytes, name: str, created_ns: int) -> None:
-    """Compress and encrypt the SQLite file ``db_copy`` into ``out`` (format above)."""
+def seal_snapshot(plain: Path, out: BinaryIO, key: bytes, name: str, created_ns: int) -> None:
+    """Compress and encrypt ``plain`` (the SQLite copy, or a diff when ``name`` has a
+    base) into ``out`` (format above)."""
     import zstandard  # lazy: keeps `enigma --help` fast
 
-    header = _HEADER.pack(MAGIC, FORMAT_VERSION, COMPRESSION_ZSTD, created_ns)
+    header = _HEADER.pack(MAGIC, _format_version(name), COMPRESSION_ZSTD, created_ns)
     nonce = os.urandom(NONCE_SIZE)
     encryptor = Cipher(algorithms.AES(key), modes.GCM(nonce)).encryptor()
     encryptor.authenticate_additional_data(header + name.encode("ascii"))
     out.write(header + nonce)
-    with open(db_copy, "rb") as source:
+    with open(plain, "rb") as source:
         params = zstandard.ZstdCompressionParameters.from_level(
             ZSTD_LEVEL, window_log=ZSTD_WINDOW_LOG)
         zstandard.ZstdCompressor(compression_params=params).copy_stream(
@@ -149,7 +175,8 @@ def seal_snapshot(db_copy: Path, out: BinaryIO, key: bytes, name: str, created_n
 def open_snapshot(stream: BinaryIO, key: bytes, name: str, db_out: Path,
                   scratch: Path) -> int:
     """Authenticate and decrypt a sealed snapshot into ``scratch``, then (only once the
-    tag checked out) decompress it into ``db_out``; return its creation time in ns.
+    tag checked out) decompress it into ``db_out`` (a SQLite copy, or a diff when
+    ``name`` has a base); return its creation time in ns.
 
     ``IntegrityError`` names what is wrong: not a snapshot, truncated, failed
     authentication, or corrupt compressed data.
@@ -162,9 +189,13 @@ def open_snapshot(stream: BinaryIO, key: bytes, name: str, db_out: Path,
     magic, version, compression, created_ns = _HEADER.unpack_from(head)
     if magic != MAGIC:
         raise IntegrityError("not an Enigma manifest snapshot (bad magic)")
-    if version != FORMAT_VERSION:
+    if version not in (FORMAT_VERSION, DIFF_FORMAT_VERSION):
         raise IntegrityError(f"snapshot format version {version}; this Enigma reads "
-                             f"version {FORMAT_VERSION} (upgrade Enigma?)")
+                             f"versions {FORMAT_VERSION} and {DIFF_FORMAT_VERSION} "
+                             "(upgrade Enigma?)")
+    if version != _format_version(name):
+        raise IntegrityError("its format version does not match its name (a full "
+                             "snapshot and a diff cannot pose as each other)")
     if compression not in (COMPRESSION_NONE, COMPRESSION_ZSTD):
         raise IntegrityError(f"unknown compression id {compression}")
     decryptor = Cipher(algorithms.AES(key), modes.GCM(head[_HEADER.size:])).decryptor()
@@ -229,8 +260,8 @@ class StoreResult:
     failed: dict[str, str] = field(default_factory=dict)
     #: Old snapshots deleted by rotation, over all providers.
     deleted: int = 0
-    #: sha256 of the snapshot's plaintext (the SQLite copy): tells the gateway whether
-    #: anything changed since its last snapshot.
+    #: sha256 of the manifest copy's page digests: tells the gateway whether anything
+    #: changed since its last snapshot.
     digest: str = ""
     #: True when nothing was written because the manifest had not changed.
     unchanged: bool = False
@@ -254,24 +285,34 @@ def store_keystore(repo: Repository) -> StoreResult | None:
 
 
 def store_snapshot(repo: Repository, *, previous_digest: str | None = None) -> StoreResult:
-    """Seal a consistent copy of the manifest and store it on every provider, then keep
-    only the newest ``KEEP_SNAPSHOTS`` there. With ``previous_digest`` (a server that
-    snapshots periodically; "" the first time) the copy's digest is computed and returned,
-    and everything is skipped (``unchanged``) when it equals ``previous_digest``; without
-    it (a command that did change the manifest) hashing the copy would be wasted work."""
+    """Seal a consistent copy of the manifest, or its diff against the last full snapshot,
+    and store it on every provider, then keep only the newest ``KEEP_SNAPSHOTS`` there
+    (and the full snapshots they are diffs of). With ``previous_digest`` (a server that
+    snapshots periodically; "" the first time) everything is skipped (``unchanged``) when
+    the copy's digest equals it."""
     key = snapshot_key(repo.keys)
+    database = Path(repo.manifest.path)
     with scratch_dir(repo) as tmp:
         copy = tmp / "manifest.db"
         os.close(os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        repo.manifest.snapshot_to(copy)
-        digest = "" if previous_digest is None else _file_digest(copy)
+        repo.manifest.copy_pages_to(copy)
+        size, digests = page_digests(copy)
+        digest = hashlib.sha256(b"".join(digests)).hexdigest()
         if previous_digest and digest == previous_digest:
             return StoreResult("", digest=digest, unchanged=True)
+        base = _diff_base(repo, database, size, digests)
         created_ns = time.time_ns()
-        name = new_snapshot_name(created_ns)
+        plain = copy
+        if base is None:
+            name = new_snapshot_name(created_ns)
+        else:
+            name = new_snapshot_name(created_ns, base.name)
+            plain = tmp / "diff"
+            with _private_open(plain) as out:
+                write_diff(copy, size, len(digests), changed_pages(base.digests, digests), out)
         sealed = tmp / "sealed"
         with _private_open(sealed) as out:
-            seal_snapshot(copy, out, key, name, created_ns)
+            seal_snapshot(plain, out, key, name, created_ns)
         result = StoreResult(name, digest=digest)
 
         def put(label: str, provider: StorageProvider) -> int:
@@ -285,12 +326,38 @@ def store_snapshot(repo: Repository, *, previous_digest: str | None = None) -> S
 
         deleted = _each_provider(repo.providers, put, result)
         result.deleted = sum(n for n in deleted if isinstance(n, int))
+        if base is None and result.stored:
+            # Stored somewhere: the next diff checks that its base is on every provider.
+            BaseDigests(name, size, digests).save(database)
         return result
 
 
+def _diff_base(repo: Repository, database: Path, size: int,
+               digests: list[bytes]) -> BaseDigests | None:
+    """The full snapshot the next one can be a diff of: None when there is none, its
+    diff would hold more than ``DIFF_LIMIT`` of the pages, or a provider lacks it (lost
+    to rotation, or down when it was stored)."""
+    base = BaseDigests.load(database)
+    if base is None or base.page_size != size or not is_snapshot_name(base.name):
+        return None
+    if len(changed_pages(base.digests, digests)) > DIFF_LIMIT * len(digests):
+        return None
+    check = StoreResult(base.name)
+    found = _each_provider(
+        repo.providers,
+        lambda label, provider: with_retries(f"provider '{label}'", provider.exists,
+                                             SNAPSHOT_PREFIX + base.name, provider=label),
+        check)
+    return base if not check.failed and all(found) else None
+
+
 def _rotate(label: str, provider: StorageProvider, keep: str) -> int:
-    """Delete all but the newest snapshots on one provider; never the one just written."""
-    older = [n for n in list_snapshots(provider) if n != keep][KEEP_SNAPSHOTS - 1:]
+    """Delete all but the newest snapshots on one provider and the full snapshots those
+    are diffs of; never the one just written."""
+    newer = [n for n in list_snapshots(provider) if n != keep]
+    kept = {keep, *newer[:KEEP_SNAPSHOTS - 1]}
+    kept |= {snapshot_base(n) for n in kept}
+    older = [n for n in newer if n not in kept]
     for name in older:
         with_retries(f"provider '{label}'", provider.delete, SNAPSHOT_PREFIX + name)
     return len(older)
@@ -319,14 +386,6 @@ def _each_provider(providers: dict[str, StorageProvider],
                 if value is not None:
                     values.append(value)
     return values
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- before keys

@@ -101,6 +101,16 @@ def make_tree(root: Path, *, big_file_size: int = 0, seed: int = 1) -> Path:
     return root
 
 
+def many_files(root: Path) -> Path:
+    """2,400 small files in 60 directories: a manifest of a few hundred pages, where one
+    more file changes a few of them (a tiny manifest changes in most of its pages)."""
+    for i in range(60):
+        (root / f"d{i}").mkdir(parents=True)
+        for j in range(40):
+            (root / f"d{i}" / f"f{j}.txt").write_text(f"file {i} {j}\n")
+    return root
+
+
 def snapshot(root: Path) -> dict[str, tuple]:
     """Everything restore promises to bring back, per relative path."""
     result: dict[str, tuple] = {}

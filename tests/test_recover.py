@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import ENIGMA, PASSPHRASE, Enigma, assert_clean_error, make_tree, restored_root
+from helpers import (
+    ENIGMA,
+    PASSPHRASE,
+    Enigma,
+    assert_clean_error,
+    make_tree,
+    many_files,
+    restored_root,
+)
 from helpers import snapshot as tree_state
 
 pytest.importorskip("enigma_storage_s3", reason="needs plugins/storage-s3")
@@ -28,6 +36,7 @@ from servers.s3 import S3Server, moto_server
 from enigma.chunkstore import chunk_key
 from enigma.manifest import Manifest
 from enigma.packs import pack_key
+from enigma.recovery import snapshot_base
 
 SMALL_CDC = "[enigma.chunk_strategy.Cdc]\nmin_size = 16384\navg_size = 65536\nmax_size = 262144\n"
 SNAPSHOTS = "meta/manifest/"
@@ -184,6 +193,40 @@ def test_corrupt_newest_snapshot_falls_back(moto: S3Server, tmp_path: Path) -> N
     repo.cli.ok("restore", first["backup_id"], str(dest))
     (source / "more.txt").unlink()
     assert tree_state(restored_root(dest, source)) == tree_state(source)
+
+
+def test_a_diff_is_recovered_over_its_base_from_any_provider(moto: S3Server,
+                                                             tmp_path: Path) -> None:
+    repo = Repo(moto, tmp_path, "diff")
+    repo.cli.ok("init")
+    source = many_files(make_tree(tmp_path / "src"))
+    backup(repo.cli, source)
+    older = repo.snapshot_names()
+    (source / "more.txt").write_text("a second backup\n")
+    second = backup(repo.cli, source)
+    (diff,) = repo.snapshot_names() - older
+    diff_name = diff.removeprefix(SNAPSHOTS)
+    base_name = snapshot_base(diff_name)
+    assert SNAPSHOTS + base_name in older
+
+    # The base damaged on one provider: read from the other, under the diff.
+    repo.damage(SNAPSHOTS + base_name, "s3")
+    repo.lose_machine()
+    result = repo.cli.ok("recover")
+    assert f"recovered the manifest from snapshot {diff_name} (provider" in result.out
+    assert "2 backups" in result.out
+    dest = tmp_path / "out"
+    repo.cli.ok("restore", second["backup_id"], str(dest))
+    assert tree_state(restored_root(dest, source)) == tree_state(source)
+
+    # The base gone everywhere: the diff is useless, and recover says why.
+    repo.delete(SNAPSHOTS + base_name)
+    repo.lose_machine()
+    result = repo.cli.ok("recover")
+    for provider in ("s3", "local"):
+        assert (f"skipped snapshot {diff_name} on provider '{provider}': its base snapshot "
+                f"{base_name} is on no provider") in result.err
+    assert "no usable manifest snapshot" in result.err
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["object", "in-pack"])
