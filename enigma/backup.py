@@ -53,8 +53,9 @@ SMALL_GROUP_BYTES = 4 * 1024 * 1024
 READ_BLOCK = 1 << 20
 #: A running backup records its partial stats at most this often (live progress).
 PROGRESS_SECONDS = 1.0
-#: Entries listed ahead of the backup while the keys unlock (path and lstat, about 1 KB
-#: each): enough for the 0.3-0.4 s an Argon2id unlock takes, a bound on what it holds.
+#: Entries of changed directories listed ahead of the backup while the keys unlock (path
+#: and lstat, about 1 KB each): enough for the 0.3-0.4 s an Argon2id unlock takes, a bound
+#: on what it holds. An unchanged directory holds none: it is judged as it is listed.
 WALK_AHEAD_ENTRIES = 20_000
 #: A backup that grows the manifest to this multiple of its size compacts it afterwards
 #: (``Manifest.compact``): a first backup always, later ones only after large additions,
@@ -168,23 +169,35 @@ def read_small_file(path: str, limit: int) -> bytes:
 
 Listing = tuple[str | None, list[tuple[str, os.stat_result]]]
 """A listed directory and its entries with their ``lstat`` (see ``_Backup.walk``)."""
+Judged = tuple[list[tuple[str, os.stat_result]], DirVersion | None]
+"""A listing's entries and the previous version of its directory when nothing in it
+changed (then no entries: linking the version needs none)."""
 
 
-def walk_ahead(walk: Iterator[Listing], waiting: Callable[[], bool],
-               limit: int = WALK_AHEAD_ENTRIES) -> Iterator[Listing]:
-    """``walk``, with as much of it listed at once as fits while ``waiting()`` holds
-    (at most ``limit`` entries held): the listing is mostly system calls, so it runs
-    beside a key unlock. Items are let go as they are handed on."""
-    ahead: deque[Listing] = deque()
+def judge(walk: Iterator[Listing], cache: FileCache, force: bool) -> Iterator[Judged]:
+    """Each listed directory compared with ``cache`` (never with ``force``)."""
+    for directory, children in walk:
+        version = None
+        if directory is not None and not force:
+            version = cache.unchanged_dir(stored_path(directory), children, stored_path)
+        yield ([], version) if version is not None else (children, None)
+
+
+def walk_ahead(walk: Iterator[Judged], waiting: Callable[[], bool],
+               limit: int = WALK_AHEAD_ENTRIES) -> Iterator[Judged]:
+    """``walk``, with as much of it listed and judged at once as fits while ``waiting()``
+    holds (at most ``limit`` entries held): it is key-free system calls and comparisons,
+    so it runs beside a key unlock. Items are let go as they are handed on."""
+    ahead: deque[Judged] = deque()
     held = 0
     while held < limit and waiting():  # now, not on the first ``next``
         item = next(walk, None)
         if item is None:
             break
         ahead.append(item)
-        held += len(item[1])
+        held += len(item[0])
 
-    def listings() -> Iterator[Listing]:
+    def listings() -> Iterator[Judged]:
         while ahead:
             yield ahead.popleft()
         yield from walk
@@ -357,12 +370,13 @@ class _Backup:
         self.uploader = ChunkUploader(ChunkStore(self.repo),
                                       pack_size=self.repo.config.pack_size)
 
-    def source(self, root: Path) -> Iterator[Listing]:
+    def source(self, root: Path) -> Iterator[Judged]:
         """Load ``root``'s file cache and start its walk; while the keys are still
-        being unlocked, the walk goes ahead."""
+        being unlocked, the walk and the comparison of directories go ahead."""
         self.cache = FileCache() if self.force else FileCache.load(
             self.manifest, stored_path(root), str(root))
-        return walk_ahead(self.walk(root), self.repo.unlocking)
+        return walk_ahead(judge(self.walk(root), self.cache, self.force),
+                          self.repo.unlocking)
 
     def walk(self, root: Path) -> Iterator[Listing]:
         """Depth-first, sorted, parents before children; never follows symlinks.
@@ -408,15 +422,13 @@ class _Backup:
             yield directory, children
             stack.extend(reversed(subdirs))
 
-    def directory(self, directory: str | None,
-                  children: list[tuple[str, os.stat_result]]) -> None:
+    def directory(self, children: list[tuple[str, os.stat_result]],
+                  version: DirVersion | None) -> None:
         """Record a listed directory: link its previous version when nothing in it
-        changed, else entry by entry."""
-        if directory is not None and not self.force:
-            version = self.cache.unchanged_dir(stored_path(directory), children, stored_path)
-            if version is not None:
-                self.link(version)
-                return
+        changed (``judge``), else entry by entry."""
+        if version is not None:
+            self.link(version)
+            return
         for path, st in children:
             self.entry(path, st)
 
@@ -665,8 +677,8 @@ def run_backup(repo: Repository, sources: list[str | os.PathLike[str]], *,
     status = "failed"
     try:
         for listings in itertools.chain([first], sources):  # each root's cache in turn
-            for directory, children in listings:
-                run.directory(directory, children)
+            for children, version in listings:
+                run.directory(children, version)
         run.drain(wait=True)
         run.flush()
         status = "partial" if run.problems else "complete"

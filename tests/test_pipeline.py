@@ -309,6 +309,62 @@ def test_the_walk_goes_ahead_while_the_keys_unlock(tmp_path: Path,
         "src", "sub", "file"]
 
 
+def test_a_re_backup_judges_its_directories_while_the_keys_unlock(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a no-change re-backup does besides the unlock is mostly comparing directories
+    with the file cache: that too happens before the keys are there. The unlock here
+    finishes only once a directory was compared, so a backup that compared afterwards
+    would time out and fail the assertion."""
+    import threading
+
+    from enigma.filecache import FileCache
+
+    created = make_repo(tmp_path)
+    source = tmp_path / "src"
+    (source / "sub").mkdir(parents=True)
+    (source / "sub" / "file").write_bytes(b"content")
+    first = Repository(created.config, PluginManager(), lambda confirm: PASSPHRASE)
+    run_backup(first, [source])
+    first.close()
+    compared = threading.Event()
+    real_compare = FileCache.unchanged_dir
+
+    def unchanged_dir(self, *args):  # type: ignore[no-untyped-def]
+        compared.set()
+        return real_compare(self, *args)
+
+    monkeypatch.setattr(FileCache, "unchanged_dir", unchanged_dir)
+    repo = Repository(created.config, PluginManager(), lambda confirm: PASSPHRASE)
+    real_load = type(repo.key_provider).load
+    seen: list[bool] = []
+
+    def load(self, passphrase):  # type: ignore[no-untyped-def]
+        seen.append(compared.wait(5))
+        return real_load(self, passphrase)
+
+    monkeypatch.setattr(type(repo.key_provider), "load", load)
+    result = run_backup(repo, [source])
+    assert seen == [True] and result.status == "complete"
+    assert result.stats.files_unchanged == 1
+
+
+def test_unchanged_directories_do_not_count_against_the_walk_ahead_bound() -> None:
+    """Only a changed directory's entries are held; an unchanged one is a version."""
+    from enigma.backup import walk_ahead
+
+    pulled: list[int] = []
+    entry = ("path", os.lstat("."))
+
+    def judged():  # type: ignore[no-untyped-def]
+        for i in range(10):
+            pulled.append(i)
+            yield ([], object()) if i < 6 else ([entry, entry], None)
+
+    listings = walk_ahead(judged(), lambda: True, limit=3)
+    assert pulled == list(range(8))  # six unchanged, then two changed (4 entries >= 3)
+    assert len(list(listings)) == 10
+
+
 def test_a_backup_that_grows_the_manifest_leaves_it_compact(tmp_path: Path) -> None:
     """Random chunk ids fill B-tree pages to ~70 %; after a first backup (or any that
     grows the manifest by half) the manifest is rewritten full, so a further VACUUM finds
