@@ -163,11 +163,16 @@ def seal_snapshot(plain: Path, out: BinaryIO, key: bytes, name: str, created_ns:
     encryptor = Cipher(algorithms.AES(key), modes.GCM(nonce)).encryptor()
     encryptor.authenticate_additional_data(header + name.encode("ascii"))
     out.write(header + nonce)
+    size = os.path.getsize(plain)
+    # No larger a window than the input: a small diff's compressor would spend more
+    # time setting up 16 MiB of tables than compressing.
+    window_log = max(zstandard.WINDOWLOG_MIN, min(ZSTD_WINDOW_LOG, size.bit_length()))
     with open(plain, "rb") as source:
         params = zstandard.ZstdCompressionParameters.from_level(
-            ZSTD_LEVEL, window_log=ZSTD_WINDOW_LOG)
+            ZSTD_LEVEL, source_size=size, window_log=window_log)
         zstandard.ZstdCompressor(compression_params=params).copy_stream(
-            source, _Encrypting(encryptor, out), read_size=BLOCK, write_size=BLOCK)
+            source, _Encrypting(encryptor, out), size=size, read_size=BLOCK,
+            write_size=BLOCK)
     out.write(encryptor.finalize())
     out.write(encryptor.tag)
 

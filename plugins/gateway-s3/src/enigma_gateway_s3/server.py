@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import socket
@@ -195,6 +194,8 @@ def _Server(config: Any, companion: bool = False) -> Any:
 def _run(servers: list[tuple[Any, socket.socket]]) -> None:
     """Serve the first server and its companions in one event loop until a signal stops
     the first (then the others) or the first ends on its own."""
+    import asyncio  # here: every command imports this module for its config table
+
     (main, sock), others = servers[0], servers[1:]
     if not others:
         main.run(sockets=[sock])

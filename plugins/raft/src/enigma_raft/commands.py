@@ -13,8 +13,7 @@ import click
 
 from enigma.cli import echo_json, pass_state
 from enigma.errors import UnavailableError
-from enigma_raft.config import RaftOptions
-from enigma_raft.node import ROLES
+from enigma_raft.config import ROLES, RaftOptions
 
 #: Seconds to wait for a node's answer.
 ASK_TIMEOUT = 10.0

@@ -29,6 +29,10 @@ PLACEHOLDER = "CHANGE-ME"
 #: The smallest secret accepted: it keys the transport's encryption and authentication.
 MIN_SECRET_LENGTH = 16
 
+#: Raft states as pysyncobj numbers them (here, not in ``node``: ``enigma raft status``
+#: names them without importing pysyncobj, and so does every command's start-up).
+ROLES = {0: "follower", 1: "candidate", 2: "leader"}
+
 
 @dataclass(frozen=True)
 class Peer:

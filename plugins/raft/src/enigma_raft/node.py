@@ -21,15 +21,13 @@ from pysyncobj.journal import FileJournal, createJournal
 
 from enigma.errors import EnigmaError, UnavailableError
 from enigma.manifest import Manifest
-from enigma_raft.config import RaftOptions
+from enigma_raft.config import ROLES, RaftOptions
 from enigma_raft.snapshot import SnapshotFile
 
 log = logging.getLogger("enigma_raft")
 
 #: The no-op whose commit proves that everything before it is applied here.
 BARRIER = "barrier"
-#: Raft states as pysyncobj numbers them.
-ROLES = {0: "follower", 1: "candidate", 2: "leader"}
 #: Failures after which the command is certainly not in the log: safe to send again.
 _RETRYABLE = {FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER, FAIL_REASON.DISCARDED,
               FAIL_REASON.QUEUE_FULL}
