@@ -305,16 +305,17 @@ def store_snapshot(repo: Repository, *, previous_digest: str | None = None) -> S
         digest = hashlib.sha256(b"".join(digests)).hexdigest()
         if previous_digest and digest == previous_digest:
             return StoreResult("", digest=digest, unchanged=True)
-        base = _diff_base(repo, database, size, digests)
+        diff = _diff_from(repo, database, size, digests)
         created_ns = time.time_ns()
         plain = copy
-        if base is None:
+        if diff is None:
             name = new_snapshot_name(created_ns)
         else:
-            name = new_snapshot_name(created_ns, base.name)
+            base, changed = diff
+            name = new_snapshot_name(created_ns, base)
             plain = tmp / "diff"
             with _private_open(plain) as out:
-                write_diff(copy, size, len(digests), changed_pages(base.digests, digests), out)
+                write_diff(copy, size, len(digests), changed, out)
         sealed = tmp / "sealed"
         with _private_open(sealed) as out:
             seal_snapshot(plain, out, key, name, created_ns)
@@ -331,21 +332,23 @@ def store_snapshot(repo: Repository, *, previous_digest: str | None = None) -> S
 
         deleted = _each_provider(repo.providers, put, result)
         result.deleted = sum(n for n in deleted if isinstance(n, int))
-        if base is None and result.stored:
+        if diff is None and result.stored:
             # Stored somewhere: the next diff checks that its base is on every provider.
             BaseDigests(name, size, digests).save(database)
         return result
 
 
-def _diff_base(repo: Repository, database: Path, size: int,
-               digests: list[bytes]) -> BaseDigests | None:
-    """The full snapshot the next one can be a diff of: None when there is none, its
-    diff would hold more than ``DIFF_LIMIT`` of the pages, or a provider lacks it (lost
-    to rotation, or down when it was stored)."""
+def _diff_from(repo: Repository, database: Path, size: int,
+               digests: list[bytes]) -> tuple[str, list[int]] | None:
+    """The full snapshot this one can be a diff of, and the pages that differ from it:
+    None when there is none, the diff would hold more than ``DIFF_LIMIT`` of the pages, or
+    a provider lacks the base (lost to rotation, or down when it was stored)."""
     base = BaseDigests.load(database)
-    if base is None or base.page_size != size or not is_snapshot_name(base.name):
+    if base is None or base.page_size != size or not is_snapshot_name(base.name) \
+            or snapshot_base(base.name):
         return None
-    if len(changed_pages(base.digests, digests)) > DIFF_LIMIT * len(digests):
+    changed = changed_pages(base.digests, digests)
+    if len(changed) > DIFF_LIMIT * len(digests):
         return None
     check = StoreResult(base.name)
     found = _each_provider(
@@ -353,7 +356,7 @@ def _diff_base(repo: Repository, database: Path, size: int,
         lambda label, provider: with_retries(f"provider '{label}'", provider.exists,
                                              SNAPSHOT_PREFIX + base.name, provider=label),
         check)
-    return base if not check.failed and all(found) else None
+    return (base.name, changed) if not check.failed and all(found) else None
 
 
 def _rotate(label: str, provider: StorageProvider, keep: str) -> int:
