@@ -2,10 +2,11 @@
 
 Order of work: the keystore (``keys/keystore`` from the providers, unlocked before anything
 is written), then the newest manifest snapshot that authenticates, decompresses and passes
-SQLite's integrity check (a diff once applied over its base) (installed by an atomic rename, or through SQLite's backup API
-over an existing manifest with ``--force``). When no snapshot is usable, the chunk index is
-rebuilt by listing and authenticating every chunk object, so new backups deduplicate
-against what is stored; backup and file lists are then lost.
+SQLite's integrity check, a diff once applied over its base (installed by an atomic rename,
+or through SQLite's backup API over an existing manifest with ``--force``). When no
+snapshot is usable, the chunk index is rebuilt by listing and authenticating every chunk
+object, so new backups deduplicate against what is stored; backup and file lists are then
+lost.
 """
 
 from __future__ import annotations

@@ -177,3 +177,17 @@ def manifest_at_schema(path: Path, version: int) -> Iterator:
         patch.setattr(manifest_module, "SCHEMA_VERSION", version)
         with manifest_module.Manifest(path) as old:
             yield old
+
+
+@contextmanager
+def open_repo(config_dir: Path) -> Iterator:
+    """The repository in ``config_dir``, opened in this process (keys unlocked on use)."""
+    from enigma.config import load_config
+    from enigma.plugin_manager import PluginManager
+    from enigma.repository import Repository
+
+    repo = Repository(load_config(config_dir), PluginManager(), lambda confirm: PASSPHRASE)
+    try:
+        yield repo
+    finally:
+        repo.close()

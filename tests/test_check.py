@@ -12,31 +12,17 @@ import json
 import random
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import PASSPHRASE, Enigma, assert_clean_error, make_tree
+from helpers import Enigma, assert_clean_error, make_tree, open_repo
 
 from enigma.chunkstore import ChunkStore, chunk_key
-from enigma.config import load_config
 from enigma.lock import repository_lock
 from enigma.manifest import BucketRecord, ChunkRef, Manifest, ObjectRecord
-from enigma.plugin_manager import PluginManager
-from enigma.repository import Repository
 
 SMALL_CDC = "[enigma.chunk_strategy.Cdc]\nmin_size = 16384\navg_size = 65536\nmax_size = 262144\n"
-
-
-@contextmanager
-def open_repo(config_dir: Path) -> Iterator[Repository]:
-    repo = Repository(load_config(config_dir), PluginManager(), lambda confirm: PASSPHRASE)
-    try:
-        yield repo
-    finally:
-        repo.close()
 
 
 def put_gateway_object(config_dir: Path, bucket: str, key: str, data: bytes) -> bytes:

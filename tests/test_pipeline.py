@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -272,12 +273,26 @@ def crypto_id(repo: Repository, data: bytes) -> bytes:
     return ChunkStore(repo).identify(data)
 
 
+def unlock_only_after(event: threading.Event, repo: Repository,
+                      monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Make ``repo``'s key unlock wait (up to 5 s) for ``event``; the returned list gets
+    whether it came in time, once per unlock."""
+    real_load = type(repo.key_provider).load
+    seen: list[bool] = []
+
+    def load(self, passphrase):  # type: ignore[no-untyped-def]
+        seen.append(event.wait(5))
+        return real_load(self, passphrase)
+
+    monkeypatch.setattr(type(repo.key_provider), "load", load)
+    return seen
+
+
 def test_the_walk_goes_ahead_while_the_keys_unlock(tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Argon2id takes 0.3-0.4 s and releases the GIL: a backup lists its sources (and
     loads its file cache) meanwhile instead of waiting. The unlock here finishes only
     once the walk has listed something, so a backup that waited would find nothing."""
-    import threading
 
     import enigma.backup as backup_module
 
@@ -295,14 +310,7 @@ def test_the_walk_goes_ahead_while_the_keys_unlock(tmp_path: Path,
 
     monkeypatch.setattr(backup_module._Backup, "walk", walk)
     repo = Repository(created.config, PluginManager(), lambda confirm: PASSPHRASE)
-    real_load = type(repo.key_provider).load
-    seen: list[bool] = []
-
-    def load(self, passphrase):  # type: ignore[no-untyped-def]
-        seen.append(listed.wait(10))
-        return real_load(self, passphrase)
-
-    monkeypatch.setattr(type(repo.key_provider), "load", load)
+    seen = unlock_only_after(listed, repo, monkeypatch)
     result = run_backup(repo, [source])
     assert seen == [True] and result.status == "complete"
     assert [e.path.rpartition("/")[2] for e in repo.manifest.iter_files(result.backup_id)] == [
@@ -315,7 +323,6 @@ def test_a_re_backup_judges_its_directories_while_the_keys_unlock(
     with the file cache: that too happens before the keys are there. The unlock here
     finishes only once a directory was compared, so a backup that compared afterwards
     would time out and fail the assertion."""
-    import threading
 
     from enigma.filecache import FileCache
 
@@ -335,14 +342,7 @@ def test_a_re_backup_judges_its_directories_while_the_keys_unlock(
 
     monkeypatch.setattr(FileCache, "unchanged_dir", unchanged_dir)
     repo = Repository(created.config, PluginManager(), lambda confirm: PASSPHRASE)
-    real_load = type(repo.key_provider).load
-    seen: list[bool] = []
-
-    def load(self, passphrase):  # type: ignore[no-untyped-def]
-        seen.append(compared.wait(5))
-        return real_load(self, passphrase)
-
-    monkeypatch.setattr(type(repo.key_provider), "load", load)
+    seen = unlock_only_after(compared, repo, monkeypatch)
     result = run_backup(repo, [source])
     assert seen == [True] and result.status == "complete"
     assert result.stats.files_unchanged == 1

@@ -9,30 +9,16 @@ from __future__ import annotations
 
 import sqlite3
 import stat
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from helpers import PASSPHRASE, Enigma, make_tree, many_files
+from helpers import Enigma, make_tree, many_files, open_repo
 
 from enigma import recovery
-from enigma.config import load_config
 from enigma.errors import IntegrityError
 from enigma.manifest import Manifest
 from enigma.pagediff import BaseDigests, apply_diff, changed_pages, page_digests, write_diff
-from enigma.plugin_manager import PluginManager
 from enigma.recover import fetch_manifest_copy
-from enigma.repository import Repository
-
-
-@contextmanager
-def open_repo(config_dir: Path) -> Iterator[Repository]:
-    repo = Repository(load_config(config_dir), PluginManager(), lambda confirm: PASSPHRASE)
-    try:
-        yield repo
-    finally:
-        repo.close()
 
 
 def snapshot_dir(config_dir: Path) -> Path:
