@@ -104,8 +104,9 @@ def apply_diff(diff: Path, database: Path) -> None:
 
 @dataclass
 class BaseDigests:
-    """The last full snapshot this manifest stored on every provider, and its page
-    digests: the local state that lets the next snapshot be a diff.
+    """The last full snapshot this manifest stored (on at least one provider: a diff is
+    written only once every provider holds its base), and its page digests: the local
+    state that lets the next snapshot be a diff.
 
     Kept in ``<manifest>-pages`` (mode 0600). Holds no secret, only digests of pages of
     the local manifest; a missing, short or foreign file just means the next snapshot is
@@ -147,7 +148,3 @@ class BaseDigests:
                                         len(name)) + name)
             out.write(b"".join(self.digests))
         os.replace(temporary, target)
-
-    @classmethod
-    def forget(cls, database: Path) -> None:
-        cls.path_for(database).unlink(missing_ok=True)
