@@ -5,8 +5,9 @@ AES-256-GCM + zstd 3; restic: repository v2, compression ``auto``; borg: repokey
 zstd,3). For each repeat and tool, with a fresh repository: init, initial backup, no-change
 re-backup, backup after a ~5% mutation, full restore of the latest backup followed by a
 bit-exact comparison with the source tree. Each step is one child process, timed with
-``perf_counter`` and measured with ``wait4`` (peak RSS of exactly that child, started
-from a small launcher so this script's own memory does not leak into the figure), and
+``perf_counter`` and measured with ``wait4`` (peak RSS and CPU seconds of exactly that
+child, started from a small launcher so this script's own memory does not leak into the
+figure), and
 the repository is ``du``-ed after it. Medians over ``--repeat``.
 
 The page cache is not dropped (that needs root and is not portable): instead every tool's
