@@ -7,8 +7,7 @@ re-backup, backup after a ~5% mutation, full restore of the latest backup follow
 bit-exact comparison with the source tree. Each step is one child process, timed with
 ``perf_counter`` and measured with ``wait4`` (peak RSS and CPU seconds of exactly that
 child, started from a small launcher so this script's own memory does not leak into the
-figure), and
-the repository is ``du``-ed after it. Medians over ``--repeat``.
+figure), and the repository is ``du``-ed after it. Medians over ``--repeat``.
 
 The page cache is not dropped (that needs root and is not portable): instead every tool's
 source tree is synced and read once, untimed, before its first timed step, so all tools
@@ -678,9 +677,11 @@ def markdown(report: dict[str, Any]) -> str:
               "|---|---|---|---|"]
     for row in report["targets"]:
         met = {True: "yes", False: "**no**", None: "n/a"}[row["met"]]
-        bound = (f"{row['cpu_spread_s']:.2f} s vs {row['allowed_wall_s']:.2f} s"
-                 + (" (CPU-bound)" if row["cpu_bound"] else "")
-                 if "cpu_spread_s" in row else "")
+        bound = ""
+        if "cpu_spread_s" in row:
+            bound = f"{row['cpu_spread_s']:.2f} s vs {row['allowed_wall_s']:.2f} s"
+            if row["cpu_bound"]:
+                bound += " (CPU-bound)"
         lines.append(f"| {row['target']} | {row['measured'] or 'n/a'} | {met} | {bound} |")
     if report["failures"]:
         lines += ["", "### failures", ""] + [f"- {f}" for f in report["failures"]]

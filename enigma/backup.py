@@ -50,7 +50,6 @@ WHOLE_FILE_LIMIT = 16 * 1024 * 1024
 #: Single-chunk files are handed to the pipeline in groups of this many files or bytes.
 SMALL_GROUP_FILES = 64
 SMALL_GROUP_BYTES = 4 * 1024 * 1024
-READ_BLOCK = 1 << 20
 #: A running backup records its partial stats at most this often (live progress).
 PROGRESS_SECONDS = 1.0
 #: Entries of changed directories listed ahead of the backup while the keys unlock (path
